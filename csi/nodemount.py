@@ -1,0 +1,77 @@
+"""The node daemon's mxfs mount as the CSI plugin sees it: health and model paths."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from mxfs_csi import mounts
+from mxfs_csi.status import CsiError, from_os_error, not_found, unavailable
+from mxfs_csi.volume import ModelVolume
+
+from mxfs.manifest.names import hub_folder, is_commit
+
+
+class NodeMount:
+    """Read-only view of the node daemon's mount at ``mountpoint``."""
+
+    def __init__(self, mountpoint: str | os.PathLike[str]) -> None:
+        self.mountpoint = Path(os.path.abspath(mountpoint))
+
+    def ready(self) -> bool:
+        """True when the mount serves; False while it is not mounted yet.
+
+        Raises UNAVAILABLE when the mount is there but its daemon no longer answers.
+        """
+        if mounts.mount_at(self.mountpoint) is None:
+            return False
+        try:
+            os.stat(self.mountpoint)
+        except OSError as exc:
+            message = f"node mount {self.mountpoint} is not serving: {exc.strerror}"
+            raise unavailable(message) from exc
+        return True
+
+    def require_ready(self) -> None:
+        """Raise UNAVAILABLE unless the mount serves."""
+        if not self.ready():
+            raise unavailable(f"node mount {self.mountpoint} is not mounted yet")
+
+    def model_dir(self, volume: ModelVolume) -> Path:
+        """The directory holding ``volume``'s files, resolved by the daemon on lookup.
+
+        A plain ``org/name`` is the model's own folder; a pinned revision is its
+        Hugging Face snapshot folder (a branch or tag is read from ``refs/``).
+        """
+        self.require_ready()
+        if volume.revision is None:
+            path = self.mountpoint / volume.name
+        else:
+            repo = self.mountpoint / "hub" / hub_folder(volume.name)
+            commit = volume.revision
+            if not is_commit(commit):
+                self._lookup(self.mountpoint / volume.name, volume)
+                commit = self._read_ref(repo / "refs" / volume.revision, volume)
+            path = repo / "snapshots" / commit
+        self._lookup(path, volume)
+        return path
+
+    def _lookup(self, path: Path, volume: ModelVolume) -> None:
+        try:
+            is_dir = path.is_dir()
+        except OSError as exc:
+            raise self._error(exc, volume) from exc
+        if not is_dir:
+            raise not_found(f"model {volume} is not known to the mxfs server")
+
+    def _read_ref(self, ref: Path, volume: ModelVolume) -> str:
+        try:
+            commit = ref.read_text().strip()
+        except OSError as exc:
+            raise self._error(exc, volume) from exc
+        if not is_commit(commit):
+            raise not_found(f"model {volume}: ref {ref.name} does not name a commit")
+        return commit
+
+    def _error(self, exc: OSError, volume: ModelVolume) -> CsiError:
+        return from_os_error(exc, f"resolving model {volume} in {self.mountpoint}")

@@ -1,0 +1,1 @@
+"""mxfsd, the node daemon: FUSE mount, block cache, fetch chain, control socket."""

@@ -1,0 +1,73 @@
+"""Mount table helpers: find, recover and tune FUSE mounts (no pyfuse3 in here)."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def _unescape(field: str) -> str:
+    return field.encode().decode("unicode_escape") if "\\" in field else field
+
+
+def mounts() -> list[tuple[str, str, str]]:
+    """(mount point, fs type, 'major:minor') of every mount in this namespace."""
+    out = []
+    with open("/proc/self/mountinfo") as fh:
+        for line in fh:
+            parts = line.split()
+            sep = parts.index("-")
+            out.append((_unescape(parts[4]), parts[sep + 1], parts[2]))
+    return out
+
+
+def is_mounted(path: str | Path) -> bool:
+    target = os.path.realpath(path)
+    return any(mp == target for mp, _, _ in mounts())
+
+
+def recover_stale(path: str | Path) -> None:
+    """Unmount a FUSE mount whose daemon died ("Transport endpoint is not connected")."""
+    target = os.path.realpath(path)
+    entries = [m for m in mounts() if m[0] == target]
+    if not entries:
+        return
+    try:
+        os.stat(target)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTCONN, errno.ECONNABORTED, errno.EIO):
+            raise
+        log.warning("recovering stale mount at %s (%s)", target, exc.strerror)
+        unmount(target, lazy=True)
+        return
+    raise RuntimeError(f"{target} is already mounted by a live filesystem ({entries[0][1]})")
+
+
+def unmount(path: str | Path, lazy: bool = False) -> None:
+    tool = shutil.which("fusermount3") or shutil.which("fusermount")
+    cmd = [tool, "-u", *(["-z"] if lazy else []), str(path)] if tool else ["umount", *(["-l"] if lazy else []), str(path)]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=30)
+
+
+def tune(path: str | Path, read_ahead_kb: int = 1024, max_background: int = 64) -> None:
+    """Raise kernel readahead and FUSE background requests for the mount (best effort).
+
+    Must not run on the FUSE thread: it stats the mount.
+    """
+    st = os.stat(path)
+    major, minor = os.major(st.st_dev), os.minor(st.st_dev)
+    for file, value in (
+        (f"/sys/class/bdi/{major}:{minor}/read_ahead_kb", read_ahead_kb),
+        (f"/sys/fs/fuse/connections/{minor}/max_background", max_background),
+        (f"/sys/fs/fuse/connections/{minor}/congestion_threshold", max_background * 3 // 4),
+    ):
+        try:
+            Path(file).write_text(str(value))
+        except OSError as exc:
+            log.debug("cannot tune %s: %s", file, exc)

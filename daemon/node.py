@@ -1,0 +1,167 @@
+"""Assemble and run a node daemon: cache, chain, tree, FUSE, control socket, metrics."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import signal
+import tempfile
+from pathlib import Path
+
+import pyfuse3
+import trio
+from prometheus_client import start_http_server
+
+from mxfs import __version__
+from mxfs.cache.blocks import BlockCache
+from mxfs.cache.memory import HotBlocks
+from mxfs.config import MountConfig
+from mxfs.fuse.ops import MxfsOperations
+from mxfs.fuse.tree import Tree
+from mxfs.manifest.names import ModelRef, parse_model_ref
+from mxfs.rpc import node_pb2
+from mxfs.rpc.client import MxfsClient
+from mxfs.sources.chain import FetchChain
+from mxfs.sources.reader import BlockReader
+from mxfs.sources.resolver import ManifestResolver
+from mxfs.sources.server import ServerTier
+from mxfs.sources.stats import FetchStats
+from mxfs.sources.threads import in_thread
+from mxfs_daemon import control, mountpoint
+from mxfs_daemon.prefetch import PrefetchJob, Prefetcher
+
+log = logging.getLogger(__name__)
+
+HOT_BLOCKS_BYTES = 256 * 1024 * 1024
+FLUSH_INTERVAL_S = 10.0
+
+
+def control_socket_path(cache_dir: Path) -> Path:
+    """``<cache>/mxfsd.sock``, or a short path in the temp dir when that is too long for AF_UNIX."""
+    path = cache_dir.resolve() / "mxfsd.sock"
+    if len(str(path)) < 100:
+        return path
+    digest = hashlib.sha1(str(path).encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"mxfsd-{digest}.sock"
+
+
+def default_cache_size(cache_dir: Path) -> int:
+    return int(shutil.disk_usage(cache_dir).free * 0.9)
+
+
+class NodeDaemon:
+    def __init__(self, config: MountConfig) -> None:
+        self.config = config
+        self.mountpoint = Path(config.mountpoint).resolve()
+        self.cache_dir = Path(config.cache_dir).resolve()
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        self.stats = FetchStats()
+        self.cache = BlockCache(self.cache_dir / "blocks",
+                                config.cache_size or default_cache_size(self.cache_dir))
+        self.client = MxfsClient(config.server, timeout_s=config.fetch_timeout)
+        self.rpc_limiter = trio.CapacityLimiter(config.fetch_workers)
+        self.io_limiter = trio.CapacityLimiter(config.fetch_workers)
+        self.tiers = [ServerTier(self.client, self.rpc_limiter, config.fetch_timeout)]
+        self.chain = FetchChain(self.cache, self.tiers, self.stats, HotBlocks(HOT_BLOCKS_BYTES),
+                                self.io_limiter, config.fetch_timeout)
+        self.resolver = ManifestResolver(self.client, self.cache_dir, self.rpc_limiter)
+        self.reader = BlockReader(self.chain, config.readahead_blocks)
+        self.prefetcher = Prefetcher(self.chain, self.reader.background)
+        self.tree = Tree()
+        self.socket = control_socket_path(self.cache_dir)
+        self.ops = MxfsOperations(
+            self.tree, self.resolver, self.reader, self.cache,
+            root_xattrs={"control": str(self.socket), "version": __version__, "server": config.server},
+        )
+        self.jobs: dict[ModelRef, PrefetchJob] = {}
+        self._nursery: trio.Nursery | None = None
+
+    # -- control handlers (run in the trio loop) ----------------------------------------------
+
+    async def start_prefetch(self, ref: ModelRef, page_cache: bool) -> PrefetchJob:
+        job = self.jobs.get(ref)
+        if job is not None and not job.finished:
+            return job
+        await self.ops.ensure_model(ref)
+        manifest = await self.resolver.resolve(ref)
+        job = self.jobs[ref] = PrefetchJob(ref.name)
+        inode_of = self.tree.file_inodes(manifest) if page_cache else None
+        assert self._nursery is not None
+        self._nursery.start_soon(self.prefetcher.run, job, manifest, inode_of)
+        return job
+
+    async def status(self) -> node_pb2.NodeStatus:
+        snap = self.stats.snapshot()
+        reply = node_pb2.NodeStatus(
+            mountpoint=str(self.mountpoint), server=self.config.server,
+            cache_bytes=self.cache.used, cache_limit=self.cache.limit,
+            bytes_by_tier=snap["bytes"],
+        )
+        for manifest in self.tree.manifests():
+            cached = sum(self.cache.cached_bytes(e, manifest.block_size) for e in manifest.files)
+            reply.models.add(name=manifest.name, revision=manifest.revision,
+                             total_bytes=manifest.total_size, cached_bytes=cached)
+        return reply
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def _preload(self) -> None:
+        for text in self.config.models or []:
+            ref = parse_model_ref(text)
+            try:
+                await self.ops.ensure_model(ref)
+                log.info("model %s ready at %s/%s", ref, self.mountpoint, ref.name)
+            except Exception as exc:
+                log.error("cannot resolve %s: %s", ref, exc)
+
+    async def _housekeeping(self) -> None:
+        while True:
+            await trio.sleep(FLUSH_INTERVAL_S)
+            await in_thread(self.cache.flush_usage)
+            self.stats.cache_used.set(self.cache.used)
+
+    async def _signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                log.info("signal %d: unmounting %s", signum, self.mountpoint)
+                pyfuse3.terminate()
+                return
+
+    async def main(self) -> None:
+        token = trio.lowlevel.current_trio_token()
+        ctl = control.serve(self.socket, control.NodeControlServicer(token, self.start_prefetch, self.status))
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                self.reader.start(nursery)
+                nursery.start_soon(self._signals)
+                nursery.start_soon(self._housekeeping)
+                nursery.start_soon(in_thread, mountpoint.tune, self.mountpoint)
+                nursery.start_soon(self._preload)
+                await pyfuse3.main()
+                nursery.cancel_scope.cancel()
+        finally:
+            ctl.stop(0)
+            self.socket.unlink(missing_ok=True)
+
+    def run(self) -> int:
+        mountpoint.recover_stale(self.mountpoint)
+        self.mountpoint.mkdir(parents=True, exist_ok=True)
+        options = set(pyfuse3.default_options)
+        options |= {"fsname=mxfs", "subtype=mxfs", "ro", "default_permissions"}
+        if self.config.allow_other:
+            options.add("allow_other")
+        if self.config.metrics_port:
+            start_http_server(self.config.metrics_port, registry=self.stats.registry)
+        pyfuse3.init(self.ops, str(self.mountpoint), options)
+        log.info("mounted %s (server %s, cache %s, %d bytes max)", self.mountpoint,
+                 self.config.server, self.cache_dir, self.cache.limit)
+        try:
+            trio.run(self.main)
+        finally:
+            pyfuse3.close(unmount=True)
+            self.cache.close()
+            self.client.close()
+            log.info("unmounted %s", self.mountpoint)
+        return 0

@@ -1,0 +1,86 @@
+"""Background hydration of whole models with read priority and progress reporting."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+
+import pyfuse3
+import trio
+
+from mxfs.errors import MxfsError
+from mxfs.manifest.model import Manifest
+from mxfs.sources.chain import FetchChain
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PrefetchJob:
+    """Progress of one hydration; read from other threads under ``lock``."""
+
+    name: str
+    revision: str = ""
+    total_bytes: int = 0
+    total_blocks: int = 0
+    done_bytes: int = 0
+    done_blocks: int = 0
+    finished: bool = False
+    error: str = ""
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def snapshot(self) -> dict:
+        with self.lock:
+            return {k: getattr(self, k) for k in (
+                "revision", "total_bytes", "total_blocks", "done_bytes", "done_blocks", "finished", "error")}
+
+
+class Prefetcher:
+    """Fetches every block of a manifest through the chain (already cached ones are skipped)."""
+
+    def __init__(self, chain: FetchChain, limiter: trio.CapacityLimiter, concurrency: int = 8) -> None:
+        self.chain = chain
+        self.limiter = limiter
+        self.concurrency = concurrency
+
+    async def run(self, job: PrefetchJob, manifest: Manifest, inode_of: dict[str, int] | None) -> None:
+        """Hydrate ``manifest``; with ``inode_of`` (path -> inode) also fill the page cache."""
+        with job.lock:
+            job.revision = manifest.revision
+            job.total_bytes = manifest.total_size
+            job.total_blocks = manifest.total_blocks
+        work = [(e, i) for e in manifest.files for i in range(e.block_count(manifest.block_size))]
+        send, receive = trio.open_memory_channel(0)
+        try:
+            async with trio.open_nursery() as nursery:
+                for _ in range(self.concurrency):
+                    nursery.start_soon(self._worker, job, manifest, receive.clone(), inode_of)
+                async with send:
+                    for item in work:
+                        await send.send(item)
+                await receive.aclose()
+        except MxfsError as exc:
+            job.error = str(exc)
+            log.warning("prefetch of %s failed: %s", job.name, exc)
+        finally:
+            job.finished = True
+        log.info("prefetch of %s@%s: %d/%d blocks", job.name, job.revision, job.done_blocks, job.total_blocks)
+
+    async def _worker(self, job, manifest: Manifest, receive, inode_of) -> None:
+        async with receive:
+            async for entry, index in receive:
+                offset, length = entry.block_span(index, manifest.block_size)
+                if inode_of is None and self.chain.is_cached(manifest, entry, index):
+                    data = None
+                else:
+                    async with self.limiter:
+                        data = await self.chain.block(manifest, entry, index)
+                if data is not None and inode_of is not None and entry.path in inode_of:
+                    try:
+                        pyfuse3.notify_store(inode_of[entry.path], offset, data)
+                    except OSError as exc:  # the kernel doesn't know the inode yet: fine
+                        log.debug("notify_store %s: %s", entry.path, exc)
+                with job.lock:
+                    job.done_blocks += 1
+                    job.done_bytes += length

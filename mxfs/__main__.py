@@ -1,0 +1,3 @@
+from mxfs.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,232 @@
+"""Block bytes in sparse per-file blobs (a complete file is a plain local file), indexed in
+lmdb by content address, bounded with LRU eviction that never evicts pinned blocks.
+
+Every method is blocking and thread-safe: async callers run them in worker threads.
+Write order is data first, then index, so a crash (even ``kill -9``) never leaves an
+index entry pointing at bytes that were not written. Readers still verify every block.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import threading
+import time
+from collections import Counter, OrderedDict
+from pathlib import Path
+
+import lmdb
+
+from mxfs.cache.punch import punch_hole
+from mxfs.manifest.model import BlockKey, FileEntry
+
+log = logging.getLogger(__name__)
+
+_VALUE = struct.Struct("<Id")  # block length, last use (unix seconds)
+
+
+def _encode(key: BlockKey) -> bytes:
+    return f"{key.sha256}:{key.block_size}:{key.index}".encode()
+
+
+def _decode(raw: bytes) -> BlockKey:
+    sha, bs, idx = raw.decode().split(":")
+    return BlockKey(sha, int(bs), int(idx))
+
+
+class BlockCache:
+    """Content-addressed block store under ``root`` holding at most ``limit_bytes``."""
+
+    def __init__(self, root: Path, limit_bytes: int) -> None:
+        self.root = Path(root)
+        self.limit = limit_bytes
+        (self.root / "blobs").mkdir(parents=True, exist_ok=True)
+        self._env = lmdb.open(
+            str(self.root / "index.lmdb"), map_size=1 << 34, max_dbs=2, subdir=True, lock=True
+        )
+        self._db = self._env.open_db(b"blocks")
+        self._lock = threading.Lock()
+        self._lru: OrderedDict[BlockKey, int] = OrderedDict()
+        self._pins: Counter[BlockKey] = Counter()
+        self._touched: dict[BlockKey, float] = {}
+        self.used = 0
+        self.evicted_blocks = 0
+        self._load_index()
+
+    # -- start-up ------------------------------------------------------------------
+
+    def _load_index(self) -> None:
+        entries: list[tuple[float, BlockKey, int]] = []
+        with self._env.begin(db=self._db) as txn:
+            for raw, value in txn.cursor():
+                length, last_use = _VALUE.unpack(value)
+                entries.append((last_use, _decode(raw), length))
+        entries.sort()
+        for _, key, length in entries:
+            self._lru[key] = length
+            self.used += length
+        log.info("block cache %s: %d blocks, %d bytes (limit %d)", self.root, len(entries),
+                 self.used, self.limit)
+
+    # -- paths and fds ---------------------------------------------------------------
+
+    def blob_path(self, sha256: str) -> Path:
+        return self.root / "blobs" / sha256[:2] / sha256
+
+    def _open(self, sha256: str, create: bool) -> int | None:
+        """A new fd of the blob (per operation: no shared fd can be closed under a reader)."""
+        path = self.blob_path(sha256)
+        flags = os.O_RDWR | os.O_CLOEXEC
+        if create:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            flags |= os.O_CREAT
+        try:
+            return os.open(path, flags, 0o644)
+        except FileNotFoundError:
+            return None
+
+    # -- queries ---------------------------------------------------------------------
+
+    def contains(self, key: BlockKey) -> bool:
+        with self._lock:
+            return key in self._lru
+
+    def file_complete(self, entry: FileEntry, block_size: int) -> bool:
+        """True when every block of ``entry`` is cached (its blob is then the whole file)."""
+        with self._lock:
+            return all(
+                entry.key(i, block_size) in self._lru for i in range(entry.block_count(block_size))
+            )
+
+    def cached_bytes(self, entry: FileEntry, block_size: int) -> int:
+        with self._lock:
+            return sum(
+                self._lru.get(entry.key(i, block_size), 0) for i in range(entry.block_count(block_size))
+            )
+
+    # -- data ------------------------------------------------------------------------
+
+    def read(self, key: BlockKey, length: int) -> bytes | None:
+        """The stored bytes of ``key`` (unverified), or None when absent."""
+        if not self.contains(key):
+            return None
+        fd = self._open(key.sha256, create=False)
+        if fd is None:
+            self.discard(key)
+            return None
+        try:
+            data = os.pread(fd, length, key.index * key.block_size)
+        except OSError as exc:
+            log.warning("cache read of %s failed: %s", key, exc)
+            return None
+        finally:
+            os.close(fd)
+        with self._lock:
+            if key in self._lru:
+                self._lru.move_to_end(key)
+                self._touched[key] = time.time()
+        return data if len(data) == length else None
+
+    def put(self, key: BlockKey, data: bytes | bytearray | memoryview) -> bool:
+        """Store a verified block; False (and nothing stored) when no room can be made."""
+        length = len(data)
+        if self.contains(key):
+            return True
+        if not self._make_room(length):
+            log.warning("cache full (%d/%d bytes, all pinned): not caching %s", self.used, self.limit, key)
+            return False
+        fd = self._open(key.sha256, create=True)
+        assert fd is not None
+        try:
+            written = os.pwrite(fd, data, key.index * key.block_size)
+        finally:
+            os.close(fd)
+        if written != length:
+            raise OSError(f"short write to cache ({written} of {length} bytes)")
+        with self._env.begin(db=self._db, write=True) as txn:
+            txn.put(_encode(key), _VALUE.pack(length, time.time()))
+        with self._lock:
+            if key not in self._lru:
+                self._lru[key] = length
+                self.used += length
+        return True
+
+    def discard(self, key: BlockKey) -> None:
+        """Forget a block (e.g. it failed its hash) and free its bytes."""
+        self._remove([key])
+
+    # -- pinning and eviction ----------------------------------------------------------
+
+    def pin(self, key: BlockKey) -> None:
+        with self._lock:
+            self._pins[key] += 1
+
+    def unpin(self, key: BlockKey) -> None:
+        with self._lock:
+            self._pins[key] -= 1
+            if self._pins[key] <= 0:
+                del self._pins[key]
+
+    def _make_room(self, length: int) -> bool:
+        if length > self.limit:
+            return False
+        victims: list[BlockKey] = []
+        with self._lock:
+            excess = self.used + length - self.limit
+            if excess <= 0:
+                return True
+            for key, size in self._lru.items():
+                if excess <= 0:
+                    break
+                if self._pins.get(key):
+                    continue
+                victims.append(key)
+                excess -= size
+            if excess > 0:
+                return False
+        self._remove(victims)
+        self.evicted_blocks += len(victims)
+        return True
+
+    def _remove(self, keys: list[BlockKey]) -> None:
+        if not keys:
+            return
+        removed: list[tuple[BlockKey, int]] = []
+        with self._lock:
+            for key in keys:
+                size = self._lru.pop(key, None)
+                self._touched.pop(key, None)
+                if size is not None:
+                    self.used -= size
+                    removed.append((key, size))
+        with self._env.begin(db=self._db, write=True) as txn:
+            for key, _ in removed:
+                txn.delete(_encode(key))
+        for key, size in removed:
+            fd = self._open(key.sha256, create=False)
+            if fd is None:
+                continue
+            try:
+                punch_hole(fd, key.index * key.block_size, size)
+            except OSError as exc:  # the space stays used on disk, the index is still right
+                log.warning("cannot punch hole for %s: %s", key, exc)
+            finally:
+                os.close(fd)
+
+    # -- housekeeping --------------------------------------------------------------------
+
+    def flush_usage(self) -> None:
+        """Persist last-use times of recently read blocks (one transaction)."""
+        with self._lock:
+            touched, self._touched = self._touched, {}
+            sizes = {k: self._lru[k] for k in touched if k in self._lru}
+        if not sizes:
+            return
+        with self._env.begin(db=self._db, write=True) as txn:
+            for key, size in sizes.items():
+                txn.put(_encode(key), _VALUE.pack(size, touched[key]))
+
+    def close(self) -> None:
+        self.flush_usage()
+        self._env.close()

@@ -1,0 +1,216 @@
+"""The ``mxfs`` command line: server, mount, health, model, prefetch, status, demo, csi."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from mxfs import __version__, envs
+from mxfs.config import ConfigError, MountConfig, ServerConfig, add_config_args, default_yaml, load, parse_size
+from mxfs.errors import MxfsError
+
+log = logging.getLogger("mxfs")
+
+
+def _server_address(args: argparse.Namespace) -> str:
+    address = args.server or envs.MODEL_EXPRESS_URL.get()
+    if not address:
+        raise ConfigError("no server address: pass --server or set MODEL_EXPRESS_URL")
+    return address
+
+
+def _config_from(args: argparse.Namespace, cls: type, section: str, names: list[str]):
+    if args.print_config:
+        print(default_yaml(), end="")
+        raise SystemExit(0)
+    cfg = load(cls, section, {n: getattr(args, n, None) for n in names}, args.config)
+    if args.validate_config:
+        print(f"config OK: {dataclasses.asdict(cfg)}")
+        raise SystemExit(0)
+    return cfg
+
+
+# -- server --------------------------------------------------------------------------------
+
+def cmd_server(args: argparse.Namespace) -> int:
+    from mxfs import logs
+    from mxfs.server import app
+
+    cfg = _config_from(args, ServerConfig, "server",
+                       ["host", "port", "cache_dir", "models_dir", "block_size", "metrics_port",
+                        "log_level", "max_workers"])
+    logs.setup(cfg.log_level)
+    return app.run(cfg)
+
+
+def add_server(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("server", help="run the mxfs server (gRPC)")
+    p.add_argument("--host", help="listen address (default 0.0.0.0)")
+    p.add_argument("--port", type=int, help="gRPC port (default 8001)")
+    p.add_argument("--cache-dir", help="cache and state directory")
+    p.add_argument("--models-dir", help="local origin: DIR/<org>/<name>/ is a model")
+    p.add_argument("--block-size", type=parse_size, help="manifest block size, e.g. 4MiB")
+    p.add_argument("--metrics-port", type=int, help="Prometheus port (0 = off, default 9091)")
+    p.add_argument("--max-workers", type=int, help="gRPC worker threads")
+    p.add_argument("--log-level", help="DEBUG, INFO, WARNING, ...")
+    add_config_args(p)
+    p.set_defaults(func=cmd_server)
+
+
+# -- mount ---------------------------------------------------------------------------------
+
+def cmd_mount(args: argparse.Namespace) -> int:
+    from mxfs import logs
+
+    cfg = _config_from(args, MountConfig, "mount",
+                       ["mountpoint", "server", "cache_dir", "cache_size", "models", "fetch_timeout",
+                        "readahead_blocks", "metrics_port", "log_level", "fetch_workers"])
+    logs.setup(cfg.log_level)
+    from mxfs_daemon.node import NodeDaemon
+
+    return NodeDaemon(cfg).run()
+
+
+def add_mount(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("mount", help="run the node daemon: mount a lazy read-only model tree")
+    p.add_argument("mountpoint", nargs="?", help="where to mount, e.g. /models")
+    p.add_argument("--server", help="server host:port (default $MODEL_EXPRESS_URL)")
+    p.add_argument("--cache-dir", help="local block cache directory")
+    p.add_argument("--cache-size", type=parse_size, help="cache bound, e.g. 200GiB (default 90%% of free disk)")
+    p.add_argument("--model", dest="models", action="append", help="ORG/NAME[@REV] to resolve at start (repeatable)")
+    p.add_argument("--fetch-timeout", type=float, help="seconds before a block fetch fails (default 10)")
+    p.add_argument("--readahead-blocks", type=int, help="max blocks read ahead (default 8)")
+    p.add_argument("--fetch-workers", type=int, help="concurrent block fetches (default 16)")
+    p.add_argument("--metrics-port", type=int, help="Prometheus port (0 = off)")
+    p.add_argument("--log-level", help="DEBUG, INFO, WARNING, ...")
+    add_config_args(p)
+    p.set_defaults(func=cmd_mount)
+
+
+def cmd_umount(args: argparse.Namespace) -> int:
+    from mxfs_daemon.mountpoint import unmount
+
+    unmount(args.mountpoint, lazy=args.lazy)
+    return 0
+
+
+def add_umount(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("umount", help="unmount a mxfs mount (also a stale one)")
+    p.add_argument("mountpoint")
+    p.add_argument("--lazy", action="store_true", help="detach now, clean up when no longer busy")
+    p.set_defaults(func=cmd_umount)
+
+
+# -- client commands -------------------------------------------------------------------------
+
+def cmd_health(args: argparse.Namespace) -> int:
+    from mxfs.rpc.client import MxfsClient
+
+    h = MxfsClient(_server_address(args)).health(timeout_s=args.timeout)
+    print(f"status={h.status} version={h.version} uptime={h.uptime_s}s")
+    return 0 if h.status == "ok" else 1
+
+
+def cmd_model(args: argparse.Namespace) -> int:
+    from mxfs.manifest.names import parse_model_ref
+    from mxfs.rpc.client import MxfsClient
+
+    client = MxfsClient(_server_address(args))
+    if args.model_cmd == "list":
+        for m in client.list_models():
+            print(f"{m.name}\t{m.revision or '-'}\t{m.total_size}\t{m.origin or '-'}")
+        return 0
+    ref = parse_model_ref(args.model)
+    manifest = client.get_manifest(ref.name, ref.revision)
+    print(f"# {manifest.name}@{manifest.revision} block_size={manifest.block_size} "
+          f"total={manifest.total_size} origin={manifest.origin}")
+    for f in manifest.files:
+        print(f"{f.size:>14}  {f.sha256}  {f.path}" + (f"  ({len(f.tensors)} tensors)" if f.tensors else ""))
+    return 0
+
+
+def add_client_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("health", help="check a server")
+    p.add_argument("--server", help="server host:port (default $MODEL_EXPRESS_URL)")
+    p.add_argument("--timeout", type=float, default=5.0)
+    p.set_defaults(func=cmd_health)
+    p = sub.add_parser("model", help="models known to a server")
+    p.add_argument("--server", help="server host:port (default $MODEL_EXPRESS_URL)")
+    msub = p.add_subparsers(dest="model_cmd", required=True)
+    msub.add_parser("list", help="list models")
+    f = msub.add_parser("files", help="list the files of a model")
+    f.add_argument("model", help="ORG/NAME[@REV]")
+    p.set_defaults(func=cmd_model)
+
+
+def cmd_prefetch(args: argparse.Namespace) -> int:
+    from mxfs.nodectl import prefetch
+
+    return prefetch(Path(args.path), page_cache=args.page_cache, progress=not args.no_progress)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from mxfs.nodectl import print_status
+
+    return print_status(Path(args.mountpoint))
+
+
+def add_node_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("prefetch", help="hydrate a whole model through its node daemon")
+    p.add_argument("path", help="MOUNTPOINT/<org>/<name> (or a hub snapshot directory)")
+    p.add_argument("--page-cache", action="store_true", help="also fill the kernel page cache")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_prefetch)
+    p = sub.add_parser("status", help="models, cache and byte sources of a node daemon")
+    p.add_argument("mountpoint")
+    p.set_defaults(func=cmd_status)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from mxfs.demo import run_demo
+
+    return run_demo(Path(args.dir), parse_size(args.size), check=args.check)
+
+
+def add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="embedded default: generated model + server + daemon + mount")
+    p.add_argument("--dir", default=os.path.join(os.getcwd(), ".mxfs-demo"), help="working directory")
+    p.add_argument("--size", default="300MiB", help="size of the generated model")
+    p.add_argument("--check", action="store_true", help="verify every file through the mount, then stop")
+    p.set_defaults(func=cmd_demo)
+
+
+REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [
+    add_server, add_mount, add_umount, add_client_commands, add_node_commands, add_demo,
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mxfs", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"mxfs {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for register in REGISTRARS:
+        register(sub)
+    try:
+        from mxfs_csi.cli import register as register_csi
+    except ImportError:
+        pass
+    else:
+        register_csi(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, MxfsError, ValueError) as exc:
+        print(f"mxfs {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,175 @@
+"""Layered configuration: CLI > ``MODEL_EXPRESS_*`` env > YAML (--config) > defaults."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from mxfs import envs
+from mxfs.manifest.builder import DEFAULT_BLOCK_SIZE, check_block_size
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or out of range."""
+
+
+def _opt(default: Any, help: str, env: tuple[str, ...] = ()) -> Any:
+    return field(default=default, metadata={"help": help, "env": env})
+
+
+@dataclass
+class ServerConfig:
+    """Settings of ``mxfs server`` (YAML section ``server``)."""
+
+    host: str = _opt("0.0.0.0", "gRPC listen address", ("MODEL_EXPRESS_SERVER_HOST",))
+    port: int = _opt(8001, "gRPC port", ("MODEL_EXPRESS_SERVER_PORT",))
+    cache_dir: str = _opt(
+        "/var/cache/mxfs-server", "server cache and state directory", ("MODEL_EXPRESS_CACHE_DIRECTORY",)
+    )
+    models_dir: str = _opt("", "local origin: DIR/<org>/<name>/ is a model", ("MODEL_EXPRESS_MODELS_DIR",))
+    block_size: int = _opt(DEFAULT_BLOCK_SIZE, "manifest block size in bytes (power of two)")
+    chunk_size: int = _opt(1024 * 1024, "default stream chunk size in bytes")
+    max_workers: int = _opt(32, "gRPC worker threads")
+    metrics_port: int = _opt(9091, "Prometheus metrics port (0 disables)")
+    log_level: str = _opt("INFO", "log level", ("MODEL_EXPRESS_LOG_LEVEL",))
+
+    def validate(self) -> None:
+        _check_port(self.port, "port")
+        _check_port(self.metrics_port, "metrics_port", allow_zero=True)
+        try:
+            check_block_size(self.block_size)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+        if not 4096 <= self.chunk_size <= 4 * 1024 * 1024:
+            raise ConfigError("chunk_size must be between 4 KiB and 4 MiB")
+        if self.max_workers < 1:
+            raise ConfigError("max_workers must be >= 1")
+        if not self.cache_dir:
+            raise ConfigError("cache_dir is required")
+
+
+@dataclass
+class MountConfig:
+    """Settings of ``mxfs mount`` (YAML section ``mount``)."""
+
+    mountpoint: str = _opt("", "where the model tree is mounted")
+    server: str = _opt("", "server address host:port", ("MODEL_EXPRESS_URL",))
+    cache_dir: str = _opt("/var/cache/mxfs", "local block cache directory", ("MXFS_CACHE_DIR",))
+    cache_size: int = _opt(0, "cache bound in bytes (0 = 90% of the free disk at start)")
+    models: list = _opt(None, "models to resolve at start (org/name[@rev])")
+    fetch_timeout: float = _opt(10.0, "seconds before a block fetch from a tier is given up")
+    readahead_blocks: int = _opt(8, "max blocks read ahead on sequential access")
+    fetch_workers: int = _opt(16, "concurrent block fetches")
+    metrics_port: int = _opt(0, "Prometheus metrics port (0 disables)")
+    log_level: str = _opt("INFO", "log level", ("MODEL_EXPRESS_LOG_LEVEL",))
+    allow_other: bool = _opt(True, "let other users (and containers) read the mount")
+
+    def validate(self) -> None:
+        if not self.mountpoint:
+            raise ConfigError("mountpoint is required")
+        if not self.server:
+            raise ConfigError("a server address is required (--server or MODEL_EXPRESS_URL)")
+        if self.cache_size < 0:
+            raise ConfigError("cache_size must be >= 0")
+        if self.fetch_timeout <= 0:
+            raise ConfigError("fetch_timeout must be > 0")
+        if not 0 <= self.readahead_blocks <= 256:
+            raise ConfigError("readahead_blocks must be in [0, 256]")
+        if self.fetch_workers < 1:
+            raise ConfigError("fetch_workers must be >= 1")
+        _check_port(self.metrics_port, "metrics_port", allow_zero=True)
+
+
+def _check_port(port: int, name: str, allow_zero: bool = False) -> None:
+    if not (0 if allow_zero else 1) <= port <= 65535:
+        raise ConfigError(f"{name} {port} is not a valid port")
+
+
+def _coerce(value: Any, default: Any, name: str) -> Any:
+    kind = type(default) if default is not None else None
+    try:
+        if kind is bool and isinstance(value, str):
+            return value.strip().lower() in ("1", "true", "yes", "on")
+        if kind is int and isinstance(value, str):
+            return parse_size(value)
+        if kind in (int, float, str) and not isinstance(value, kind):
+            return kind(value)
+        if name == "models" and isinstance(value, str):
+            return [v for v in value.replace(",", " ").split() if v]
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{name}: cannot use {value!r}: {exc}") from exc
+    return value
+
+
+def parse_size(text: str) -> int:
+    """``4194304``, ``4MiB``, ``20G``, ``1.5GiB`` -> bytes."""
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    mult = units.get(t[-1:], 1)
+    number = t[:-1] if t[-1:] in units else t
+    try:
+        return int(float(number) * mult)
+    except ValueError:
+        raise ValueError(f"not a size: {text!r}") from None
+
+
+def load(
+    cls: type[T], section: str, cli: dict[str, Any] | None = None, yaml_path: str | None = None
+) -> T:
+    """Merge defaults < YAML section < env < CLI (``None`` CLI values are ignored)."""
+    values: dict[str, Any] = {}
+    if yaml_path:
+        try:
+            doc = yaml.safe_load(Path(yaml_path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read config {yaml_path}: {exc}") from exc
+        part = doc.get(section, {}) if isinstance(doc, dict) else None
+        if not isinstance(part, dict):
+            raise ConfigError(f"config section {section!r} must be a mapping")
+        known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        unknown = set(part) - known
+        if unknown:
+            raise ConfigError(f"unknown keys in section {section!r}: {sorted(unknown)}")
+        values.update(part)
+    env = envs.prefixed()
+    for f in fields(cls):  # type: ignore[arg-type]
+        for name in (f"MODEL_EXPRESS_{section.upper()}_{f.name.upper()}", *f.metadata.get("env", ())):
+            if name in env:
+                values[f.name] = env[name]
+                break
+    for key, value in (cli or {}).items():
+        if value is not None:
+            values[key] = value
+    defaults = cls()
+    merged = {k: _coerce(v, getattr(defaults, k), k) for k, v in values.items()}
+    cfg = dataclasses.replace(defaults, **merged)
+    cfg.validate()  # type: ignore[attr-defined]
+    return cfg
+
+
+def default_yaml() -> str:
+    """The default configuration of every section, with comments."""
+    lines = ["# mxfs configuration (CLI > MODEL_EXPRESS_* env > this file > defaults)"]
+    for section, cls in (("server", ServerConfig), ("mount", MountConfig)):
+        lines.append(f"{section}:")
+        for f in fields(cls):
+            default = f.default if f.default is not None else []
+            lines.append(f"  # {f.metadata['help']}")
+            lines.append(f"  {f.name}: {yaml.safe_dump(default, default_flow_style=True).strip().removesuffix('...').strip()}")
+    return "\n".join(lines) + "\n"
+
+
+def add_config_args(parser: argparse.ArgumentParser) -> None:
+    """``--config``, ``--print-config``, ``--validate-config`` for a subcommand."""
+    parser.add_argument("--config", help="YAML config file (sections: server, mount)")
+    parser.add_argument("--print-config", action="store_true", help="print the default config and exit")
+    parser.add_argument(
+        "--validate-config", action="store_true", help="validate the merged config and exit"
+    )

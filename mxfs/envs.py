@@ -1,0 +1,65 @@
+"""Every environment variable mxfs reads, parsed and documented in one place.
+
+Stdlib only. Other modules never call ``os.environ`` directly.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class EnvVar:
+    name: str
+    default: str | None
+    doc: str
+
+    def get(self) -> str | None:
+        value = os.environ.get(self.name)
+        return value if value not in (None, "") else self.default
+
+
+MODEL_EXPRESS_URL = EnvVar("MODEL_EXPRESS_URL", None, "Address of the mxfs/ModelExpress server (host:port).")
+MODEL_EXPRESS_NO_SHARED_STORAGE = EnvVar(
+    "MODEL_EXPRESS_NO_SHARED_STORAGE", "0", "1: stream model files to the client instead of sharing storage."
+)
+MODEL_EXPRESS_CACHE_DIRECTORY = EnvVar(
+    "MODEL_EXPRESS_CACHE_DIRECTORY", None, "Client-side HF-layout cache directory for downloads."
+)
+HF_HUB_CACHE = EnvVar("HF_HUB_CACHE", None, "Hugging Face hub cache directory.")
+HF_TOKEN = EnvVar("HF_TOKEN", None, "Hugging Face token (read only by the side that talks to the Hub).")
+MX_MODEL_URI = EnvVar("MX_MODEL_URI", None, "Model URI (s3://, gs://, az://, or an absolute path).")
+MX_METADATA_BACKEND = EnvVar("MX_METADATA_BACKEND", "embedded", "Registry backend: embedded or redis.")
+REDIS_URL = EnvVar("REDIS_URL", None, "Redis URL for the registries when MX_METADATA_BACKEND=redis.")
+MX_WORKER_HOST = EnvVar("MX_WORKER_HOST", None, "Address other nodes use to reach this node.")
+MXFS_PEER_TOKEN = EnvVar("MXFS_PEER_TOKEN", None, "Shared cluster token for peer and registry calls.")
+MXFS_LOG_FORMAT = EnvVar("MXFS_LOG_FORMAT", "auto", "Log format: auto (text on a tty, json otherwise), text, json.")
+
+ALL = [
+    MODEL_EXPRESS_URL, MODEL_EXPRESS_NO_SHARED_STORAGE, MODEL_EXPRESS_CACHE_DIRECTORY,
+    HF_HUB_CACHE, HF_TOKEN, MX_MODEL_URI, MX_METADATA_BACKEND, REDIS_URL, MX_WORKER_HOST,
+    MXFS_PEER_TOKEN, MXFS_LOG_FORMAT,
+]
+
+CONFIG_PREFIX = "MODEL_EXPRESS_"
+
+
+def flag(var: EnvVar) -> bool:
+    """Parse a boolean variable (1/true/yes/on)."""
+    return (var.get() or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def prefixed(prefix: str = CONFIG_PREFIX) -> dict[str, str]:
+    """All ``MODEL_EXPRESS_*`` variables, for the layered config."""
+    return {k: v for k, v in os.environ.items() if k.startswith(prefix) and v != ""}
+
+
+def hf_hub_cache() -> Path:
+    """Client download cache: MODEL_EXPRESS_CACHE_DIRECTORY -> HF_HUB_CACHE -> ~/.cache/huggingface/hub."""
+    for var in (MODEL_EXPRESS_CACHE_DIRECTORY, HF_HUB_CACHE):
+        value = var.get()
+        if value:
+            return Path(value)
+    return Path.home() / ".cache" / "huggingface" / "hub"

@@ -1,0 +1,91 @@
+"""Client side of a node daemon's control socket (found through the mount's xattrs)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import grpc
+
+from mxfs.errors import InvalidModelName, ModelNotFound, MxfsError
+from mxfs.rpc import node_pb2, node_pb2_grpc
+
+log = logging.getLogger(__name__)
+XATTR = "user.mxfs."
+
+
+def _xattr(path: Path, name: str) -> str | None:
+    try:
+        return os.getxattr(path, XATTR + name).decode()
+    except OSError:
+        return None
+
+
+def control_socket(path: Path) -> str:
+    """The daemon's control socket, from the ``user.mxfs.control`` xattr of the mount root."""
+    for candidate in (path, *path.parents):
+        value = _xattr(candidate, "control")
+        if value:
+            return value
+    raise MxfsError(f"{path} is not inside a mxfs mount")
+
+
+def _stub(path: Path) -> node_pb2_grpc.NodeControlStub:
+    return node_pb2_grpc.NodeControlStub(grpc.insecure_channel(f"unix://{control_socket(path)}"))
+
+
+def prefetch(path: Path, page_cache: bool = False, progress: bool = True) -> int:
+    """Hydrate the model at ``path`` through its daemon; shows a bar on a terminal."""
+    name, revision = _xattr(path, "model"), _xattr(path, "revision")
+    if not name or not revision:
+        raise MxfsError(f"{path} is not a model directory of a mxfs mount")
+    request = node_pb2.PrefetchRequest(name=name, revision=revision, page_cache=page_cache)
+    bar = None
+    last = node_pb2.PrefetchProgress()
+    try:
+        for last in _stub(path).Prefetch(request):
+            if progress and sys.stderr.isatty():
+                if bar is None:
+                    from tqdm import tqdm
+
+                    bar = tqdm(total=last.total_bytes, unit="B", unit_scale=True, unit_divisor=1024,
+                               desc=f"prefetch {name}")
+                bar.update(last.done_bytes - bar.n)
+            elif progress:
+                log.info("prefetch %s: %d/%d bytes", name, last.done_bytes, last.total_bytes)
+    except grpc.RpcError as exc:
+        code = exc.code()
+        if code == grpc.StatusCode.NOT_FOUND:
+            raise ModelNotFound(exc.details()) from exc
+        if code == grpc.StatusCode.INVALID_ARGUMENT:
+            raise InvalidModelName(exc.details()) from exc
+        raise MxfsError(f"prefetch failed: {exc.details()}") from exc
+    finally:
+        if bar is not None:
+            bar.close()
+    if last.error:
+        print(f"prefetch of {name} failed: {last.error}", file=sys.stderr)
+        return 1
+    print(f"{name}@{last.revision}: {last.done_blocks}/{last.total_blocks} blocks, "
+          f"{last.done_bytes} bytes cached")
+    return 0
+
+
+def status(mountpoint: Path) -> node_pb2.NodeStatus:
+    return _stub(mountpoint).Status(node_pb2.NodeStatusRequest(), timeout=10)
+
+
+def print_status(mountpoint: Path) -> int:
+    s = status(mountpoint)
+    print(f"mount {s.mountpoint}  server {s.server}")
+    print(f"cache {s.cache_bytes}/{s.cache_limit} bytes")
+    for m in s.models:
+        pct = 100.0 * m.cached_bytes / m.total_bytes if m.total_bytes else 100.0
+        print(f"  {m.name}@{m.revision}  {m.cached_bytes}/{m.total_bytes} bytes cached ({pct:.1f}%)")
+    for tier, n in sorted(s.bytes_by_tier.items()):
+        print(f"  from {tier}: {n} bytes")
+    for peer in s.peers:
+        print(f"  peer {peer}")
+    return 0

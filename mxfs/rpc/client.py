@@ -1,0 +1,136 @@
+"""Synchronous client of the mxfs server; callers never touch stubs or channels."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import grpc
+
+from mxfs.errors import BlockUnavailable, InvalidModelName, ManifestError, ModelNotFound
+from mxfs.manifest.model import Manifest
+from mxfs.rpc import model_express_health_pb2 as health_pb2
+from mxfs.rpc import model_express_health_pb2_grpc as health_grpc
+from mxfs.rpc import mxfs_pb2, mxfs_pb2_grpc
+from mxfs.rpc.channel import open_channel
+from mxfs.rpc.convert import manifest_from_pb
+
+
+@dataclass(frozen=True)
+class Health:
+    version: str
+    status: str
+    uptime_s: int
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    name: str
+    revision: str
+    total_size: int
+    file_count: int
+    origin: str
+    last_used_unix: float
+
+
+def translate_rpc_error(exc: grpc.RpcError, what: str) -> Exception:
+    """Map a gRPC status to the typed mxfs error that callers handle."""
+    code = exc.code() if hasattr(exc, "code") else None
+    detail = exc.details() if hasattr(exc, "details") else str(exc)
+    if code == grpc.StatusCode.NOT_FOUND:
+        return ModelNotFound(detail)
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return InvalidModelName(detail)
+    if code == grpc.StatusCode.FAILED_PRECONDITION:
+        return ManifestError(detail)
+    return BlockUnavailable(f"{what}: {code.name if code else 'error'}: {detail}")
+
+
+class MxfsClient:
+    """Opens one channel lazily and exposes the server's RPCs as plain Python calls."""
+
+    def __init__(self, address: str, timeout_s: float = 30.0) -> None:
+        self.address = address
+        self.timeout_s = timeout_s
+        self._lock = threading.Lock()
+        self._channel: grpc.Channel | None = None
+        self._stub: mxfs_pb2_grpc.MxfsServiceStub | None = None
+        self._health: health_grpc.HealthServiceStub | None = None
+
+    def _stubs(self) -> tuple[mxfs_pb2_grpc.MxfsServiceStub, health_grpc.HealthServiceStub]:
+        with self._lock:
+            if self._channel is None:
+                self._channel = open_channel(self.address)
+                self._stub = mxfs_pb2_grpc.MxfsServiceStub(self._channel)
+                self._health = health_grpc.HealthServiceStub(self._channel)
+            assert self._stub is not None and self._health is not None
+            return self._stub, self._health
+
+    def close(self) -> None:
+        with self._lock:
+            if self._channel is not None:
+                self._channel.close()
+            self._channel = self._stub = self._health = None
+
+    def health(self, timeout_s: float | None = None) -> Health:
+        _, stub = self._stubs()
+        try:
+            r = stub.GetHealth(health_pb2.HealthRequest(), timeout=timeout_s or self.timeout_s)
+        except grpc.RpcError as exc:
+            raise translate_rpc_error(exc, "health") from exc
+        return Health(r.version, r.status, r.uptime)
+
+    def get_manifest(self, name: str, revision: str = "") -> Manifest:
+        stub, _ = self._stubs()
+        try:
+            pb = stub.GetManifest(
+                mxfs_pb2.ModelRequest(name=name, revision=revision), timeout=self.timeout_s
+            )
+        except grpc.RpcError as exc:
+            raise translate_rpc_error(exc, f"manifest of {name}") from exc
+        return manifest_from_pb(pb)
+
+    def list_models(self) -> list[ModelSummary]:
+        stub, _ = self._stubs()
+        try:
+            reply = stub.ListModels(mxfs_pb2.ListModelsRequest(), timeout=self.timeout_s)
+        except grpc.RpcError as exc:
+            raise translate_rpc_error(exc, "list models") from exc
+        return [
+            ModelSummary(m.name, m.revision, m.total_size, m.file_count, m.origin, m.last_used_unix)
+            for m in reply.models
+        ]
+
+    def iter_range(
+        self, name: str, revision: str, path: str, offset: int, length: int,
+        timeout_s: float | None = None,
+    ) -> Iterator[tuple[int, bytes]]:
+        """Stream ``(offset, bytes)`` chunks of a byte range."""
+        stub, _ = self._stubs()
+        req = mxfs_pb2.RangeRequest(
+            name=name, revision=revision, path=path, offset=offset, length=length
+        )
+        try:
+            for chunk in stub.ReadRange(req, timeout=timeout_s or self.timeout_s):
+                yield chunk.offset, chunk.data
+        except grpc.RpcError as exc:
+            raise translate_rpc_error(exc, f"read {name}/{path}@{offset}") from exc
+
+    def read_range(
+        self, name: str, revision: str, path: str, offset: int, length: int,
+        timeout_s: float | None = None,
+    ) -> bytearray:
+        """A byte range as one buffer, assembled without intermediate copies."""
+        buf = bytearray(length)
+        view = memoryview(buf)
+        got = 0
+        for chunk_offset, data in self.iter_range(name, revision, path, offset, length, timeout_s):
+            pos = chunk_offset - offset
+            if pos != got or pos + len(data) > length:
+                raise BlockUnavailable(f"server sent chunk at {chunk_offset}, expected {offset + got}")
+            view[pos : pos + len(data)] = data
+            got += len(data)
+        if got != length:
+            raise BlockUnavailable(f"short read of {path}: {got} of {length} bytes")
+        return buf

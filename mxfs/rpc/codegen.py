@@ -1,0 +1,58 @@
+"""Generate Python gRPC stubs from ``proto/`` with grpcio-tools.
+
+Used by the build (``setup.py``) and, for a source checkout that was never built,
+on first import of :mod:`mxfs.rpc`. Stdlib + grpc_tools only: it runs before the
+package's own dependencies are importable.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+
+def proto_files(proto_root: Path) -> list[Path]:
+    """Every ``.proto`` under ``proto_root``, sorted for a stable build."""
+    return sorted(proto_root.rglob("*.proto"))
+
+
+def is_stale(proto_root: Path, out_root: Path) -> bool:
+    """True when a stub is missing or older than its proto."""
+    for proto in proto_files(proto_root):
+        rel = proto.relative_to(proto_root).with_suffix("")
+        for suffix in ("_pb2.py", "_pb2_grpc.py"):
+            stub = out_root / (str(rel) + suffix)
+            if not stub.exists() or stub.stat().st_mtime < proto.stat().st_mtime:
+                return True
+    return False
+
+
+def generate(proto_root: Path, out_root: Path) -> None:
+    """Compile every proto under ``proto_root`` into ``out_root`` (mirrors the paths)."""
+    from grpc_tools import protoc
+
+    try:
+        from importlib.resources import files
+
+        include = str(files("grpc_tools") / "_proto")
+    except Exception:  # pragma: no cover - very old grpc_tools
+        include = str(Path(protoc.__file__).parent / "_proto")
+    protos = [str(p.relative_to(proto_root)) for p in proto_files(proto_root)]
+    args = [
+        "protoc",
+        f"-I{proto_root}",
+        f"-I{include}",
+        f"--python_out={out_root}",
+        f"--pyi_out={out_root}",
+        f"--grpc_python_out={out_root}",
+        *protos,
+    ]
+    code = protoc.main(args)
+    if code != 0:
+        raise RuntimeError(f"protoc failed with exit code {code}: {' '.join(args)}")
+
+
+if __name__ == "__main__":
+    here = Path(__file__).resolve().parents[2]
+    generate(here / "proto", here)
+    sys.exit(0)

@@ -1,0 +1,1 @@
+"""The mxfs server: resolves models from origins, serves manifests and byte ranges."""

@@ -1,0 +1,109 @@
+"""Assemble and run the server: origins, catalog, gRPC services, metrics endpoint."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from concurrent import futures
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from prometheus_client import start_http_server
+
+from mxfs.config import ServerConfig
+from mxfs.origins.base import Origin
+from mxfs.origins.local import LocalOrigin
+from mxfs.rpc import model_express_health_pb2_grpc, mxfs_pb2_grpc
+from mxfs.rpc.channel import CHANNEL_OPTIONS
+from mxfs.server.catalog import ModelCatalog
+from mxfs.server.metrics import ServerMetrics
+from mxfs.server.service import HealthServicer, MxfsServicer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServerContext:
+    """What an extra service needs to plug itself into the server."""
+
+    config: ServerConfig
+    state_dir: Path
+    catalog: ModelCatalog
+    metrics: ServerMetrics
+    grpc_server: grpc.Server
+    on_stop: list[Callable[[], None]] = field(default_factory=list)
+
+
+#: extra services register themselves here: ``fn(ctx)`` adds servicers to ``ctx.grpc_server``
+SERVICE_PLUGINS: list[Callable[[ServerContext], None]] = []
+
+
+def build_origins(config: ServerConfig, state_dir: Path) -> list[Origin]:
+    origins: list[Origin] = []
+    if config.models_dir:
+        origins.append(LocalOrigin(Path(config.models_dir), state_dir))
+    return origins
+
+
+class Server:
+    """A running mxfs server; ``start()`` returns once it listens, ``stop()`` drains it."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        state_dir = Path(config.cache_dir)
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics = ServerMetrics()
+        self.catalog = ModelCatalog(build_origins(config, state_dir), state_dir, config.block_size)
+        self.grpc_server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="mxfs-rpc"),
+            options=CHANNEL_OPTIONS,
+        )
+        self.ctx = ServerContext(config, state_dir, self.catalog, self.metrics, self.grpc_server)
+        mxfs_pb2_grpc.add_MxfsServiceServicer_to_server(
+            MxfsServicer(self.catalog, self.metrics, config.chunk_size), self.grpc_server
+        )
+        model_express_health_pb2_grpc.add_HealthServiceServicer_to_server(HealthServicer(), self.grpc_server)
+        self.health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
+        for plugin in SERVICE_PLUGINS:
+            plugin(self.ctx)
+        self.port = 0
+        self.metrics_port = 0
+
+    def start(self) -> None:
+        self.port = self.grpc_server.add_insecure_port(f"{self.config.host}:{self.config.port}")
+        if self.port == 0:
+            raise OSError(f"cannot listen on {self.config.host}:{self.config.port}")
+        self.grpc_server.start()
+        if self.config.metrics_port:
+            httpd, _ = start_http_server(
+                self.config.metrics_port, addr=self.config.host, registry=self.metrics.registry
+            )
+            self.metrics_port = httpd.server_port
+            self.ctx.on_stop.append(httpd.shutdown)
+        self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        log.info("mxfs server listening on %s:%d (metrics %s), origins: %s", self.config.host,
+                 self.port, self.metrics_port or "off", [o.label for o in self.catalog.origins] or "none")
+
+    def stop(self, grace: float = 5.0) -> None:
+        self.health.enter_graceful_shutdown()
+        self.grpc_server.stop(grace).wait()
+        for fn in reversed(self.ctx.on_stop):
+            fn()
+
+
+def run(config: ServerConfig) -> int:
+    """Run until SIGTERM/SIGINT."""
+    server = Server(config)
+    server.start()
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    done.wait()
+    log.info("shutting down")
+    server.stop()
+    return 0

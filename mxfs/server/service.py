@@ -1,0 +1,86 @@
+"""gRPC servicers of the server: mxfs.v1.MxfsService and the ModelExpress health service."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import grpc
+
+import mxfs
+from mxfs.manifest.names import is_commit, validate_relpath
+from mxfs.rpc import model_express_health_pb2 as health_pb2
+from mxfs.rpc import model_express_health_pb2_grpc as health_grpc
+from mxfs.rpc import mxfs_pb2, mxfs_pb2_grpc
+from mxfs.rpc.convert import manifest_to_pb
+from mxfs.server.catalog import ModelCatalog
+from mxfs.server.errors import rpc
+from mxfs.server.metrics import ServerMetrics
+
+MAX_CHUNK = 4 * 1024 * 1024
+MAX_RANGE = 1 << 40
+
+
+class MxfsServicer(mxfs_pb2_grpc.MxfsServiceServicer):
+    """Manifests and byte ranges, read from the origin chunk by chunk."""
+
+    def __init__(self, catalog: ModelCatalog, metrics: ServerMetrics, chunk_size: int) -> None:
+        self.catalog = catalog
+        self.metrics = metrics
+        self.chunk_size = chunk_size
+
+    @rpc("GetManifest")
+    def GetManifest(self, request: mxfs_pb2.ModelRequest, context: grpc.ServicerContext) -> mxfs_pb2.Manifest:
+        manifest = self.catalog.resolve(request.name, request.revision)
+        self.metrics.models.set(len(self.catalog.known()))
+        return manifest_to_pb(manifest)
+
+    @rpc("ListModels")
+    def ListModels(self, request: mxfs_pb2.ListModelsRequest, context: grpc.ServicerContext) -> mxfs_pb2.ListModelsReply:
+        reply = mxfs_pb2.ListModelsReply()
+        seen = set()
+        for e in sorted(self.catalog.known(), key=lambda e: (e.manifest.name, -e.last_used)):
+            m = e.manifest
+            seen.add(m.name)
+            reply.models.add(name=m.name, revision=m.revision, total_size=m.total_size,
+                             file_count=len(m.files), origin=m.origin, last_used_unix=e.last_used)
+        for name in self.catalog.available_names():
+            if name not in seen:
+                reply.models.add(name=name)
+        return reply
+
+    @rpc("ReadRange", streaming=True)
+    def ReadRange(self, request: mxfs_pb2.RangeRequest, context: grpc.ServicerContext) -> Iterator[mxfs_pb2.Chunk]:
+        if not is_commit(request.revision):
+            raise ValueError("ReadRange needs a resolved 40-hex revision")
+        path = validate_relpath(request.path)
+        entry = self.catalog.entry(request.name, request.revision)
+        manifest, origin = entry.manifest, entry.origin
+        f = manifest.file(path)
+        offset, length = request.offset, request.length
+        if length > MAX_RANGE or offset + length > f.size:
+            raise ValueError(f"range {offset}+{length} outside {path} ({f.size} bytes)")
+        chunk = min(request.chunk_size or self.chunk_size, MAX_CHUNK)
+        self.metrics.blocks_served.inc(len(f.blocks_for(offset, length, manifest.block_size)))
+        end = offset + length
+        pos = offset
+        while pos < end:
+            if not context.is_active():
+                return
+            n = min(chunk, end - pos)
+            data = origin.read_range(manifest, path, pos, n)
+            self.metrics.bytes_served.inc(len(data))
+            yield mxfs_pb2.Chunk(offset=pos, data=data)
+            pos += n
+
+
+class HealthServicer(health_grpc.HealthServiceServicer):
+    """ModelExpress-compatible GetHealth."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+
+    def GetHealth(self, request: health_pb2.HealthRequest, context: grpc.ServicerContext) -> health_pb2.HealthResponse:
+        return health_pb2.HealthResponse(
+            version=mxfs.__version__, status="ok", uptime=int(time.monotonic() - self.started)
+        )

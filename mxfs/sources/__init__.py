@@ -1,0 +1,1 @@
+"""The fetch chain: local cache -> peers -> server -> origin, every block verified."""

@@ -1,0 +1,84 @@
+"""Node-side model resolution: asks the server, remembers manifests on local disk so a
+restarted daemon can keep serving cached files while the server is away."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import trio
+
+from mxfs.errors import BlockUnavailable, ManifestError
+from mxfs.manifest.model import Manifest
+from mxfs.manifest.names import ModelRef, is_commit
+from mxfs.rpc.client import MxfsClient
+from mxfs.sources.threads import in_thread
+
+log = logging.getLogger(__name__)
+
+
+class ManifestResolver:
+    """Resolve ``ModelRef`` -> ``Manifest`` once per ref (shared by concurrent callers)."""
+
+    def __init__(self, client: MxfsClient, state_dir: Path, limiter: trio.CapacityLimiter) -> None:
+        self.client = client
+        self.dir = Path(state_dir) / "manifests"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.limiter = limiter
+        self._locks: dict[ModelRef, trio.Lock] = {}
+        self._resolved: dict[ModelRef, Manifest] = {}
+
+    async def resolve(self, ref: ModelRef) -> Manifest:
+        lock = self._locks.setdefault(ref, trio.Lock())
+        async with lock:
+            hit = self._resolved.get(ref)
+            if hit is not None:
+                return hit
+            try:
+                manifest = await in_thread(
+                    self.client.get_manifest, ref.name, ref.revision, limiter=self.limiter, abandon=True
+                )
+            except BlockUnavailable as exc:
+                manifest = await in_thread(self._load, ref)
+                if manifest is None:
+                    raise
+                log.warning("server unavailable (%s); using the stored manifest of %s", exc, ref)
+            else:
+                await in_thread(self._save, ref, manifest)
+            self._resolved[ref] = manifest
+            return manifest
+
+    def _paths(self, name: str, revision: str) -> tuple[Path, Path]:
+        base = self.dir / name
+        return base / f"{revision}.json", base / "refs" / revision
+
+    def _save(self, ref: ModelRef, manifest: Manifest) -> None:
+        path, ref_path = self._paths(manifest.name, manifest.revision)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            _atomic_write(path, manifest.to_json().encode())
+        if not is_commit(ref.revision):
+            _, ref_path = self._paths(ref.name, ref.revision)
+            ref_path.parent.mkdir(parents=True, exist_ok=True)
+            _atomic_write(ref_path, manifest.revision.encode())
+
+    def _load(self, ref: ModelRef) -> Manifest | None:
+        revision = ref.revision
+        if not is_commit(revision):
+            _, ref_path = self._paths(ref.name, revision)
+            try:
+                revision = ref_path.read_text().strip()
+            except OSError:
+                return None
+        path, _ = self._paths(ref.name, revision)
+        try:
+            return Manifest.from_json(path.read_bytes())
+        except (OSError, ManifestError):
+            return None
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
