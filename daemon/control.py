@@ -31,7 +31,9 @@ class NodeControlServicer(node_pb2_grpc.NodeControlServicer):
     def _in_trio(self, fn: Callable, *args):
         return trio.from_thread.run(fn, *args, trio_token=self.token)
 
-    def Prefetch(self, request: node_pb2.PrefetchRequest, context: grpc.ServicerContext) -> Iterator[node_pb2.PrefetchProgress]:
+    def Prefetch(
+        self, request: node_pb2.PrefetchRequest, context: grpc.ServicerContext
+    ) -> Iterator[node_pb2.PrefetchProgress]:
         try:
             ref = ModelRef(validate_name(request.name), validate_revision(request.revision or DEFAULT_REVISION))
             job = self._in_trio(self.start_prefetch, ref, request.page_cache)

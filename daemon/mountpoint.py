@@ -51,7 +51,10 @@ def recover_stale(path: str | Path) -> None:
 
 def unmount(path: str | Path, lazy: bool = False) -> None:
     tool = shutil.which("fusermount3") or shutil.which("fusermount")
-    cmd = [tool, "-u", *(["-z"] if lazy else []), str(path)] if tool else ["umount", *(["-l"] if lazy else []), str(path)]
+    if tool:
+        cmd = [tool, "-u", *(["-z"] if lazy else []), str(path)]
+    else:
+        cmd = ["umount", *(["-l"] if lazy else []), str(path)]
     subprocess.run(cmd, check=True, capture_output=True, timeout=30)
 
 

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pyfuse3
 import trio
+from mxfs_daemon import control, mountpoint
+from mxfs_daemon.prefetch import Prefetcher, PrefetchJob
 from prometheus_client import start_http_server
 
 from mxfs import __version__
@@ -28,8 +30,6 @@ from mxfs.sources.resolver import ManifestResolver
 from mxfs.sources.server import ServerTier
 from mxfs.sources.stats import FetchStats
 from mxfs.sources.threads import in_thread
-from mxfs_daemon import control, mountpoint
-from mxfs_daemon.prefetch import PrefetchJob, Prefetcher
 
 log = logging.getLogger(__name__)
 

@@ -162,7 +162,8 @@ def default_yaml() -> str:
         for f in fields(cls):
             default = f.default if f.default is not None else []
             lines.append(f"  # {f.metadata['help']}")
-            lines.append(f"  {f.name}: {yaml.safe_dump(default, default_flow_style=True).strip().removesuffix('...').strip()}")
+            value = yaml.safe_dump(default, default_flow_style=True).strip().removesuffix("...").strip()
+            lines.append(f"  {f.name}: {value}")
     return "\n".join(lines) + "\n"
 
 

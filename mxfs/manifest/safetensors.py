@@ -6,6 +6,7 @@ section. Offsets in the JSON are relative to the data section.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import struct
@@ -70,7 +71,7 @@ def parse_header(read_at: ReadAt, file_size: int) -> tuple[int, tuple[TensorInfo
         raise SafetensorsHeaderError(f"too many tensors ({len(doc)})")
     tensors = [_tensor(name, spec, data_start, data_size) for name, spec in doc.items()]
     tensors.sort(key=lambda t: (t.begin, t.end))
-    for prev, cur in zip(tensors, tensors[1:]):
+    for prev, cur in itertools.pairwise(tensors):
         if cur.begin < prev.end:
             raise SafetensorsHeaderError(f"tensors {prev.name!r} and {cur.name!r} overlap")
     return data_start, tuple(tensors)

@@ -36,7 +36,9 @@ class MxfsServicer(mxfs_pb2_grpc.MxfsServiceServicer):
         return manifest_to_pb(manifest)
 
     @rpc("ListModels")
-    def ListModels(self, request: mxfs_pb2.ListModelsRequest, context: grpc.ServicerContext) -> mxfs_pb2.ListModelsReply:
+    def ListModels(
+        self, request: mxfs_pb2.ListModelsRequest, context: grpc.ServicerContext
+    ) -> mxfs_pb2.ListModelsReply:
         reply = mxfs_pb2.ListModelsReply()
         seen = set()
         for e in sorted(self.catalog.known(), key=lambda e: (e.manifest.name, -e.last_used)):

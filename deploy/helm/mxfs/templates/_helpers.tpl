@@ -1,0 +1,64 @@
+{{/* Chart name, truncated to a DNS label. */}}
+{{- define "mxfs.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Release-qualified name: "<release>-mxfs", or fullnameOverride. */}}
+{{- define "mxfs.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "mxfs.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+app.kubernetes.io/name: {{ include "mxfs.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* Selector labels of one component (server, node, redis). */}}
+{{- define "mxfs.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "mxfs.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "mxfs.image" -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end -}}
+
+{{- define "mxfs.serverAddress" -}}
+{{ include "mxfs.fullname" . }}-server.{{ .Release.Namespace }}.svc:{{ .Values.server.port }}
+{{- end -}}
+
+{{- define "mxfs.redisUrl" -}}
+{{- if .Values.redis.url -}}
+{{ .Values.redis.url }}
+{{- else if .Values.redis.enabled -}}
+redis://{{ include "mxfs.fullname" . }}-redis.{{ .Release.Namespace }}.svc:6379/0
+{{- end -}}
+{{- end -}}
+
+{{- define "mxfs.serviceAccountName" -}}
+{{ include "mxfs.fullname" .root }}-{{ .component }}
+{{- end -}}
+
+{{- define "mxfs.metricsAnnotations" -}}
+{{- if .root.Values.metrics.annotations }}
+prometheus.io/scrape: "true"
+prometheus.io/port: {{ .port | quote }}
+prometheus.io/path: /metrics
+{{- end }}
+{{- end -}}

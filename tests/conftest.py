@@ -1,0 +1,100 @@
+"""Shared fixtures: generated models, a real server process, real FUSE mounts."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from mxfs.modelgen import ModelShape, generate_model
+from tests.support.cluster import MountProc, ServerProc, fuse_available
+
+MODEL = "test-org/tiny-llama"
+BLOCK_SIZE = 256 * 1024
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(4 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Origin directory with a ~24 MiB generated model in 3 shards (+ a nested file)."""
+    root = tmp_path_factory.mktemp("origin")
+    model = generate_model(root / MODEL, ModelShape(hidden=256, intermediate=704, layers=14, heads=4,
+                                                    kv_heads=4, vocab=4096), shard_bytes=8 << 20)
+    (model / "extra").mkdir()
+    (model / "extra" / "notes.txt").write_text("nested file\n" * 100)
+    return root
+
+
+@pytest.fixture(scope="session")
+def origin_hashes(models_dir: Path) -> dict[str, str]:
+    base = models_dir / MODEL
+    return {p.relative_to(base).as_posix(): sha256_file(p) for p in base.rglob("*") if p.is_file()}
+
+
+@pytest.fixture
+def start_server(tmp_path: Path, models_dir: Path) -> Iterator:
+    """Factory: start (and always stop) mxfs server processes."""
+    procs: list[ServerProc] = []
+
+    def start(**kw) -> ServerProc:
+        kw.setdefault("block_size", BLOCK_SIZE)
+        proc = ServerProc(kw.pop("models_dir", models_dir), tmp_path / f"server-cache-{len(procs)}", **kw)
+        procs.append(proc)
+        return proc.start()
+
+    yield start
+    for p in procs:
+        p.stop()
+
+
+@pytest.fixture
+def start_mount(tmp_path: Path) -> Iterator:
+    """Factory: start (and always stop) node daemons."""
+    if not fuse_available():
+        pytest.skip("needs /dev/fuse and fusermount3")
+    procs: list[MountProc] = []
+
+    def start(server: ServerProc, name: str = "node", wait_model: str | None = MODEL,
+              extra: list[str] | None = None) -> MountProc:
+        proc = MountProc(tmp_path / name / "mnt", tmp_path / name / "cache", server.address, extra or [])
+        procs.append(proc)
+        return proc.start(wait_model=wait_model)
+
+    yield start
+    for p in procs:
+        p.stop()
+
+
+@dataclass
+class MountedModel:
+    mountpoint: Path
+    models_dir: Path
+    model: str
+    server: ServerProc
+    daemon: MountProc
+
+    @property
+    def model_dir(self) -> Path:
+        return self.mountpoint / self.model
+
+    @property
+    def origin_dir(self) -> Path:
+        return self.models_dir / self.model
+
+
+@pytest.fixture
+def mxfs_mount(start_server, start_mount, models_dir: Path) -> MountedModel:
+    """A live mount (server + daemon on 127.0.0.1) of the generated test model."""
+    server = start_server()
+    daemon = start_mount(server)
+    return MountedModel(daemon.mountpoint, models_dir, MODEL, server, daemon)

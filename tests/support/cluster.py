@@ -1,0 +1,133 @@
+"""Real processes for tests: an mxfs server and node daemons on 127.0.0.1, bounded waits."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mxfs.demo import free_port, wait_for
+from mxfs.rpc.client import MxfsClient
+from mxfs_daemon import mountpoint as mounts
+
+PYTHON = [sys.executable, "-m", "mxfs"]
+
+
+def _env() -> dict[str, str]:
+    return dict(os.environ, MXFS_LOG_FORMAT="text", PYTHONUNBUFFERED="1")
+
+
+@dataclass
+class ServerProc:
+    """``mxfs server`` in a subprocess; restartable on the same port and cache."""
+
+    models_dir: Path
+    cache_dir: Path
+    block_size: int = 256 * 1024
+    port: int = field(default_factory=free_port)
+    metrics_port: int = field(default_factory=free_port)
+    proc: subprocess.Popen | None = None
+    log_path: Path | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> ServerProc:
+        self.log_path = self.cache_dir.parent / f"server-{self.port}.log"
+        self.proc = subprocess.Popen(
+            [*PYTHON, "server", "--host", "127.0.0.1", "--port", str(self.port),
+             "--metrics-port", str(self.metrics_port), "--cache-dir", str(self.cache_dir),
+             "--models-dir", str(self.models_dir), "--block-size", str(self.block_size)],
+            env=_env(), stdout=self.log_path.open("a"), stderr=subprocess.STDOUT,
+        )
+        client = MxfsClient(self.address)
+
+        def up() -> bool:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {self.log()}")
+            try:
+                return client.health(timeout_s=1).status == "ok"
+            except Exception:
+                return False
+
+        try:
+            wait_for(up, 30, "mxfs server")
+        finally:
+            client.close()
+        return self
+
+    def stop(self, kill: bool = False) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+            self.proc.wait(timeout=20)
+
+    def log(self) -> str:
+        return self.log_path.read_text() if self.log_path and self.log_path.exists() else ""
+
+    def metric(self, name: str) -> float:
+        """Sum of a Prometheus counter/gauge (all label sets) scraped from the server."""
+        body = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).read()
+        total = 0.0
+        for line in body.decode().splitlines():
+            if line.startswith(name) and not line.startswith("#"):
+                head, _, value = line.rpartition(" ")
+                if head == name or head.startswith(name + "{"):
+                    total += float(value)
+        return total
+
+
+@dataclass
+class MountProc:
+    """``mxfs mount`` in a subprocess."""
+
+    mountpoint: Path
+    cache_dir: Path
+    server: str
+    extra: list[str] = field(default_factory=list)
+    proc: subprocess.Popen | None = None
+    log_path: Path | None = None
+
+    def start(self, wait_model: str | None = None) -> MountProc:
+        self.mountpoint.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.cache_dir.parent / f"daemon-{self.mountpoint.name}.log"
+        self.proc = subprocess.Popen(
+            [*PYTHON, "mount", str(self.mountpoint), "--server", self.server,
+             "--cache-dir", str(self.cache_dir), *self.extra],
+            env=_env(), stdout=self.log_path.open("a"), stderr=subprocess.STDOUT,
+        )
+
+        def up() -> bool:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"daemon exited: {self.log()}")
+            return mounts.is_mounted(self.mountpoint) and (
+                wait_model is None or (self.mountpoint / wait_model).is_dir()
+            )
+
+        wait_for(up, 30, "mxfs mount")
+        return self
+
+    def stop(self, kill: bool = False) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+            self.proc.wait(timeout=20)
+        if not kill and mounts.is_mounted(self.mountpoint):
+            subprocess.run(["fusermount3", "-u", "-z", str(self.mountpoint)], capture_output=True, timeout=30)
+
+    def log(self) -> str:
+        return self.log_path.read_text() if self.log_path and self.log_path.exists() else ""
+
+
+def fuse_available() -> bool:
+    return os.path.exists("/dev/fuse") and os.access("/dev/fuse", os.R_OK | os.W_OK) and bool(
+        __import__("shutil").which("fusermount3")
+    )
+
+
+def settle(seconds: float = 0.2) -> None:
+    time.sleep(seconds)
