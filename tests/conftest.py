@@ -98,3 +98,17 @@ def mxfs_mount(start_server, start_mount, models_dir: Path) -> MountedModel:
     server = start_server()
     daemon = start_mount(server)
     return MountedModel(daemon.mountpoint, models_dir, MODEL, server, daemon)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    """A real redis-server on 127.0.0.1 for the whole session (flushed per test by users)."""
+    import shutil
+
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server not installed")
+    from tests.support.cluster import RedisProc
+
+    proc = RedisProc(tmp_path_factory.mktemp("redis")).start()
+    yield proc
+    proc.stop()
