@@ -35,9 +35,7 @@ class IdentityService(csi_pb2_grpc.IdentityServicer):
         return csi_pb2.GetPluginCapabilitiesResponse()
 
     @rpc
-    def Probe(
-        self, request: csi_pb2.ProbeRequest, context: grpc.ServicerContext
-    ) -> csi_pb2.ProbeResponse:
+    def Probe(self, request: csi_pb2.ProbeRequest, context: grpc.ServicerContext) -> csi_pb2.ProbeResponse:
         response = csi_pb2.ProbeResponse()
         response.ready.value = self.node_mount.ready()
         return response

@@ -65,9 +65,7 @@ def check_capability(capability: csi_pb2.VolumeCapability, readonly: bool) -> No
     if access_type != "mount":
         raise invalid_argument("mxfs volumes are filesystems: block access is not supported")
     if mode in _WRITER_MODES and not readonly:
-        raise failed_precondition(
-            f"mxfs volumes are read-only: access mode {Mode.Mode.Name(mode)} needs readonly=true"
-        )
+        raise failed_precondition(f"mxfs volumes are read-only: access mode {Mode.Mode.Name(mode)} needs readonly=true")
 
 
 class NodeService(csi_pb2_grpc.NodeServicer):
@@ -114,9 +112,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         except OSError as exc:
             if not is_stale(exc):
                 raise
-            condition = csi_pb2.VolumeCondition(
-                abnormal=True, message=f"node daemon gone: {exc.strerror}"
-            )
+            condition = csi_pb2.VolumeCondition(abnormal=True, message=f"node daemon gone: {exc.strerror}")
             return csi_pb2.NodeGetVolumeStatsResponse(volume_condition=condition)
         Unit = csi_pb2.VolumeUsage.Unit
         return csi_pb2.NodeGetVolumeStatsResponse(

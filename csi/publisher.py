@@ -119,9 +119,7 @@ class Publisher:
         count = 0
         while mounts.mount_at(target) is not None:
             if count == _MAX_STACKED:
-                raise from_os_error(
-                    OSError(errno.EBUSY, "too many mounts stacked"), f"unmounting {target}"
-                )
+                raise from_os_error(OSError(errno.EBUSY, "too many mounts stacked"), f"unmounting {target}")
             try:
                 mounts.unmount(target)
             except OSError as exc:

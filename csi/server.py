@@ -54,15 +54,9 @@ def build_server(config: CsiConfig) -> grpc.Server:
     if path.is_socket():
         path.unlink()  # left by a previous run; kubelet reconnects by path
     node_mount = NodeMount(config.mountpoint)
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="csi")
-    )
-    csi_pb2_grpc.add_IdentityServicer_to_server(
-        IdentityService(config.driver_name, node_mount), server
-    )
-    csi_pb2_grpc.add_NodeServicer_to_server(
-        NodeService(config.node_id, node_mount, Publisher()), server
-    )
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="csi"))
+    csi_pb2_grpc.add_IdentityServicer_to_server(IdentityService(config.driver_name, node_mount), server)
+    csi_pb2_grpc.add_NodeServicer_to_server(NodeService(config.node_id, node_mount, Publisher()), server)
     server.add_insecure_port(f"unix://{path}")
     server.start()
     os.chmod(path, 0o660)

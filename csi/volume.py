@@ -44,9 +44,7 @@ def parse_volume_context(context: Mapping[str, str]) -> ModelVolume:
     if uri:
         scheme = next((s for s in _URI_SCHEMES if uri.startswith(s)), None)
         if scheme is None:
-            raise invalid_argument(
-                f"volume context 'uri' {uri!r}: expected hf://org/name[@rev] or mx://org/name[@rev]"
-            )
+            raise invalid_argument(f"volume context 'uri' {uri!r}: expected hf://org/name[@rev] or mx://org/name[@rev]")
         model = uri[len(scheme) :]
     if not model:
         raise invalid_argument("volume context needs 'model' (org/name) or 'uri'")

@@ -39,7 +39,7 @@ def recover_stale(path: str | Path) -> None:
     if not entries:
         return
     try:
-        os.stat(target)
+        os.statvfs(target)  # always answered by the daemon: attribute caches can't hide a dead one
     except OSError as exc:
         if exc.errno not in (errno.ENOTCONN, errno.ECONNABORTED, errno.EIO):
             raise

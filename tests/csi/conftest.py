@@ -13,7 +13,10 @@ from pathlib import Path
 
 import grpc
 import pytest
-from csi_fixtures import (
+from mxfs_csi.server import CsiConfig, build_server
+
+from mxfs.rpc import csi_pb2_grpc
+from tests.csi.csi_fixtures import (
     COMMIT,
     DRIVER,
     NODE_ID,
@@ -23,9 +26,6 @@ from csi_fixtures import (
     unmount_everything_under,
     write_model,
 )
-from mxfs_csi.server import CsiConfig, build_server
-
-from mxfs.rpc import csi_pb2_grpc
 
 
 @pytest.fixture
@@ -92,7 +92,7 @@ def _serve(mount: NodeMountFixture, tmp_path: Path, sock_dir: Path) -> Iterator[
     finally:
         channel.close()
         server.stop(None).wait()
-        unmount_everything_under(tmp_path)
+        unmount_everything_under(tmp_path, keep=mount.mountpoint)  # the daemon unmounts its own
 
 
 @pytest.fixture

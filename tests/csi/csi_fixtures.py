@@ -67,11 +67,14 @@ def tree_digest(root: Path) -> dict[str, str]:
     }
 
 
-def unmount_everything_under(root: Path) -> None:
-    """Detach every mount at or below ``root``, deepest and newest first."""
-    prefix = str(root)
+def _under(path: str, root: Path) -> bool:
+    return path == str(root) or path.startswith(f"{root}/")
+
+
+def unmount_everything_under(root: Path, keep: Path | None = None) -> None:
+    """Detach every mount at or below ``root`` (but not ``keep`` and below), newest first."""
     for entry in reversed(mounts.read_mountinfo()):
-        if entry.mount_point == prefix or entry.mount_point.startswith(prefix + "/"):
+        if _under(entry.mount_point, root) and not (keep and _under(entry.mount_point, keep)):
             _libc.umount2(entry.mount_point.encode(), mounts.MNT_DETACH)
 
 
@@ -111,9 +114,7 @@ def mount_capability(
     )
 
 
-def publish_request(
-    target: Path, model: str, **overrides: object
-) -> csi_pb2.NodePublishVolumeRequest:
+def publish_request(target: Path, model: str, **overrides: object) -> csi_pb2.NodePublishVolumeRequest:
     """A valid NodePublishVolumeRequest for ``model`` at ``target``; fields overridable."""
     fields: dict[str, object] = {
         "volume_id": f"vol-{model.replace('/', '-')}",

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import grpc
 import pytest
-from csi_fixtures import DRIVER, Csi, mount_dead_fuse, unmount_everything_under
 from mxfs_csi.server import CsiConfig, build_server
 
 import mxfs
 from mxfs.rpc import csi_pb2, csi_pb2_grpc
+from tests.csi.csi_fixtures import DRIVER, Csi, mount_dead_fuse, unmount_everything_under
 
 
 def test_get_plugin_info(csi: Csi) -> None:

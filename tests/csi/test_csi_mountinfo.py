@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from csi_fixtures import unmount_everything_under
 from mxfs_csi import mounts
 from mxfs_csi.status import CsiError
 from mxfs_csi.volume import ModelVolume, parse_volume_context
 
 from mxfs.errors import InvalidModelName
+from tests.csi.csi_fixtures import unmount_everything_under
 
 SAMPLE = (
     "22 1 0:21 / / rw,relatime shared:1 - ext4 /dev/root rw\n"

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import grpc
 import pytest
-from csi_fixtures import COMMIT, Csi, mount_capability, publish_request, unmount_everything_under
 
 from mxfs.rpc import csi_pb2
+from tests.csi.csi_fixtures import COMMIT, Csi, mount_capability, publish_request, unmount_everything_under
 
 Mode = csi_pb2.VolumeCapability.AccessMode
 WRITER_MODES = [
@@ -41,14 +41,10 @@ def no_mount_left(target: Path) -> bool:
         {"volume_capability": mount_capability(Mode.UNKNOWN)},
         {"volume_capability": mount_capability(99)},
         {  # no access type
-            "volume_capability": csi_pb2.VolumeCapability(
-                access_mode=Mode(mode=Mode.MULTI_NODE_READER_ONLY)
-            )
+            "volume_capability": csi_pb2.VolumeCapability(access_mode=Mode(mode=Mode.MULTI_NODE_READER_ONLY))
         },
         {  # block volumes are not supported
-            "volume_capability": csi_pb2.VolumeCapability(
-                block={}, access_mode=Mode(mode=Mode.MULTI_NODE_READER_ONLY)
-            )
+            "volume_capability": csi_pb2.VolumeCapability(block={}, access_mode=Mode(mode=Mode.MULTI_NODE_READER_ONLY))
         },
         {"volume_context": {}},
         {"volume_context": {"model": "no-slash"}},
@@ -77,9 +73,7 @@ def test_publish_invalid_argument(csi: Csi, tmp_path: Path, overrides: dict) -> 
 @pytest.mark.parametrize("mode", WRITER_MODES, ids=lambda m: Mode.Mode.Name(m))
 def test_publish_refuses_write_access(csi: Csi, tmp_path: Path, mode: int) -> None:
     target = tmp_path / "target"
-    request = publish_request(
-        target, csi.mount.model, volume_capability=mount_capability(mode), readonly=False
-    )
+    request = publish_request(target, csi.mount.model, volume_capability=mount_capability(mode), readonly=False)
     assert code_of(csi.node.NodePublishVolume, request) == grpc.StatusCode.FAILED_PRECONDITION
     assert no_mount_left(target)
 
@@ -113,9 +107,7 @@ def test_publish_over_another_volume_is_already_exists(csi: Csi, tmp_path: Path)
     other = publish_request(target, "acme/other")
     assert code_of(csi.node.NodePublishVolume, other) == grpc.StatusCode.ALREADY_EXISTS
     # the first volume is untouched
-    assert (target / "config.json").read_text() == (
-        csi.mount.models_dir / "acme" / "tiny" / "config.json"
-    ).read_text()
+    assert (target / "config.json").read_text() == (csi.mount.models_dir / "acme" / "tiny" / "config.json").read_text()
 
 
 def test_pinned_and_branch_revisions_publish(csi: Csi, tmp_path: Path) -> None:
@@ -128,9 +120,7 @@ def test_pinned_and_branch_revisions_publish(csi: Csi, tmp_path: Path) -> None:
         ]
     ):
         target = tmp_path / f"t{i}"
-        csi.node.NodePublishVolume(
-            publish_request(target, "acme/tiny", volume_context=context), timeout=30
-        )
+        csi.node.NodePublishVolume(publish_request(target, "acme/tiny", volume_context=context), timeout=30)
         assert (target / "model.safetensors").stat().st_size == 3 * 1024 * 1024 + 17
 
 

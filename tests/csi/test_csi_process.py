@@ -1,4 +1,4 @@
-"""The CSI plugin as its own process: serves on the socket named by its flags, exits on SIGTERM."""
+"""``mxfs csi`` as its own process: serves on the socket named by its flags, exits on SIGTERM."""
 
 from __future__ import annotations
 
@@ -11,18 +11,22 @@ import time
 from pathlib import Path
 
 import grpc
-from csi_fixtures import NodeMountFixture
 from mxfs_csi import DEFAULT_DRIVER_NAME, cli
 
+from mxfs.cli import build_parser
 from mxfs.rpc import csi_pb2, csi_pb2_grpc
+from tests.csi.csi_fixtures import NodeMountFixture
+
+
+def test_mxfs_cli_has_the_csi_subcommand() -> None:
+    args = build_parser().parse_args(["csi", "--node-id", "n1"])
+    assert args.func is cli.run and args.mountpoint == Path("/models")
 
 
 def test_register_adds_the_csi_subcommand() -> None:
     parser = argparse.ArgumentParser(prog="mxfs")
     cli.register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(
-        ["csi", "--endpoint", "unix:///x/csi.sock", "--node-id", "n1", "--mountpoint", "/m"]
-    )
+    args = parser.parse_args(["csi", "--endpoint", "unix:///x/csi.sock", "--node-id", "n1", "--mountpoint", "/m"])
     assert args.func is cli.run
     assert (args.endpoint, args.node_id, args.mountpoint) == (
         "unix:///x/csi.sock",
@@ -34,7 +38,7 @@ def test_register_adds_the_csi_subcommand() -> None:
 
 def test_csi_process_serves_and_stops(bind_node_mount: NodeMountFixture, short_tmp: Path) -> None:
     sock = short_tmp / "plugin" / "csi.sock"
-    argv = [sys.executable, "-m", "mxfs_csi", "--endpoint", f"unix://{sock}"]
+    argv = [sys.executable, "-m", "mxfs", "csi", "--endpoint", f"unix://{sock}"]
     argv += ["--node-id", "node-b", "--mountpoint", str(bind_node_mount.mountpoint)]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

@@ -9,7 +9,10 @@ from pathlib import Path
 
 import grpc
 import pytest
-from csi_fixtures import (
+from mxfs_csi import mounts
+
+from mxfs.rpc import csi_pb2
+from tests.csi.csi_fixtures import (
     NODE_ID,
     Csi,
     bind,
@@ -19,9 +22,6 @@ from csi_fixtures import (
     tree_digest,
     unmount_everything_under,
 )
-from mxfs_csi import mounts
-
-from mxfs.rpc import csi_pb2
 
 Mode = csi_pb2.VolumeCapability.AccessMode
 RpcType = csi_pb2.NodeServiceCapability.RPC
@@ -75,9 +75,7 @@ def test_publish_and_unpublish_are_idempotent(csi_any: Csi, tmp_path: Path) -> N
         csi.node.NodePublishVolume(request, timeout=120)
         assert len(entries_at(target)) == 1
     # the same volume with other non-secret arguments stays compatible (it is read-only)
-    csi.node.NodePublishVolume(
-        publish_request(target, csi.mount.model, readonly=False), timeout=120
-    )
+    csi.node.NodePublishVolume(publish_request(target, csi.mount.model, readonly=False), timeout=120)
     assert len(entries_at(target)) == 1
     for _ in range(3):
         unpublish(csi, target)
@@ -110,9 +108,7 @@ def test_unpublish_of_an_unknown_target_succeeds(csi: Csi, tmp_path: Path) -> No
 def test_writer_mode_with_readonly_publishes_read_only(csi: Csi, tmp_path: Path) -> None:
     """Kubelet sends SINGLE_NODE_WRITER for every inline volume; readOnly: true makes it fit."""
     target = tmp_path / "inline"
-    request = publish_request(
-        target, csi.mount.model, volume_capability=mount_capability(Mode.SINGLE_NODE_WRITER)
-    )
+    request = publish_request(target, csi.mount.model, volume_capability=mount_capability(Mode.SINGLE_NODE_WRITER))
     csi.node.NodePublishVolume(request, timeout=30)
     [entry] = entries_at(target)
     assert entry.read_only

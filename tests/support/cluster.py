@@ -105,9 +105,13 @@ class MountProc:
         def up() -> bool:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"daemon exited: {self.log()}")
-            return mounts.is_mounted(self.mountpoint) and (
-                wait_model is None or (self.mountpoint / wait_model).is_dir()
-            )
+            if not mounts.is_mounted(self.mountpoint):
+                return False
+            try:
+                os.statvfs(self.mountpoint)  # a stale mount of a killed daemon fails here
+            except OSError:
+                return False
+            return wait_model is None or (self.mountpoint / wait_model).is_dir()
 
         wait_for(up, 30, "mxfs mount")
         return self

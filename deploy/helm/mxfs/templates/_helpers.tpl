@@ -62,3 +62,14 @@ prometheus.io/port: {{ .port | quote }}
 prometheus.io/path: /metrics
 {{- end }}
 {{- end -}}
+
+{{/* MXFS_PEER_TOKEN from peerTokenSecret (key "token"), shared by server and nodes. */}}
+{{- define "mxfs.peerTokenEnv" -}}
+{{- if .Values.peerTokenSecret -}}
+- name: MXFS_PEER_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.peerTokenSecret }}
+      key: token
+{{- end -}}
+{{- end -}}

@@ -1,0 +1,305 @@
+"""deploy/: the Helm chart (rendered by Helm's own engine), plain manifests and examples,
+validated offline against the Kubernetes OpenAPI schemas and checked for wiring."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import helm_python
+import kubernetes_validate
+import pytest
+import yaml
+from mxfs_csi import DEFAULT_DRIVER_NAME
+from mxfs_csi.volume import parse_volume_context
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+VALUES = {None: None} | {
+    p.stem: yaml.safe_load(p.read_text()) for p in sorted((DEPLOY / "helm" / "values").glob("*.yaml"))
+}
+K8S_VERSIONS = ["1.27.0", kubernetes_validate.latest_version()]  # chart: kubeVersion >=1.27
+# Maps in values.yaml whose keys are the user's own (free-form).
+FREE_FORM = {
+    "resources",
+    "env",
+    "nodeSelector",
+    "affinity",
+    "podAnnotations",
+    "annotations",
+    "commonLabels",
+    "modelsVolume",
+    "requests",
+    "limits",
+}
+
+
+def _load_render_module():
+    spec = importlib.util.spec_from_file_location("mxfs_deploy_render", DEPLOY / "render.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+render = _load_render_module()
+
+
+def validate(doc: dict[str, Any], version: str) -> None:
+    """Strict schema validation (unknown fields rejected); raises on failure."""
+    kubernetes_validate.validate(doc, version, strict=True)
+
+
+def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def container(pod_spec: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(c for c in pod_spec["containers"] if c["name"] == name)
+
+
+def mount(c: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(m for m in c["volumeMounts"] if m["name"] == name)
+
+
+def volume(pod_spec: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(v for v in pod_spec["volumes"] if v["name"] == name)
+
+
+def flag(args: list[str], name: str) -> str:
+    return next(a.split("=", 1)[1] for a in args if a.startswith(f"--{name}="))
+
+
+def load_format(c: dict[str, Any]) -> str | None:
+    """vLLM's --load-format, written as one argument or two."""
+    args = c.get("args", [])
+    for i, arg in enumerate(args):
+        if arg.startswith("--load-format="):
+            return arg.split("=", 1)[1]
+        if arg == "--load-format" and i + 1 < len(args):
+            return args[i + 1]
+    return None
+
+
+def test_chart_lints_clean() -> None:
+    for values in VALUES.values():
+        report = helm_python.lint(DEPLOY / "helm" / "mxfs", values, strict=True)
+        assert not report["errors"], report
+        assert all(m["severity"] < 2 for m in report["messages"]), report
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+@pytest.mark.parametrize("values_name", list(VALUES), ids=lambda n: n or "default")
+def test_chart_render_validates(values_name: str | None, version: str) -> None:
+    docs = render.documents(VALUES[values_name])
+    kinds = {d["kind"] for d in docs}
+    assert {
+        "Deployment",
+        "Service",
+        "PersistentVolumeClaim",
+        "DaemonSet",
+        "CSIDriver",
+        "ServiceAccount",
+        "ConfigMap",
+    } <= kinds
+    for doc in docs:
+        validate(doc, version)
+
+
+def _unknown_keys(given: Any, defaults: Any, path: str = "") -> list[str]:
+    if not isinstance(given, dict) or not isinstance(defaults, dict):
+        return []
+    unknown = []
+    for key, value in given.items():
+        where = f"{path}.{key}" if path else key
+        if key not in defaults:
+            unknown.append(where)
+        elif key not in FREE_FORM and where != "client.env":
+            unknown += _unknown_keys(value, defaults[key], where)
+    return unknown
+
+
+@pytest.mark.parametrize("values_name", [n for n in VALUES if n])
+def test_values_files_use_only_chart_keys(values_name: str) -> None:
+    """Helm ignores unknown keys silently: a typo would pass every render."""
+    defaults = yaml.safe_load((DEPLOY / "helm" / "mxfs" / "values.yaml").read_text())
+    assert _unknown_keys(VALUES[values_name], defaults) == []
+
+
+def test_plain_manifests_are_the_chart_render() -> None:
+    assert (DEPLOY / "manifests" / "mxfs.yaml").read_text() == render.plain_manifests(), (
+        "deploy/manifests/mxfs.yaml is stale: run python deploy/render.py"
+    )
+
+
+def _example_documents() -> list[tuple[str, dict[str, Any]]]:
+    files = sorted((DEPLOY / "manifests").glob("*.yaml")) + sorted((DEPLOY / "examples").glob("*.yaml"))
+    return [(f.name, d) for f in files for d in yaml.safe_load_all(f.read_text()) if d]
+
+
+def _pod_templates(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """The pod specs in a Kubernetes object or a DynamoGraphDeployment."""
+    if doc["kind"] == "Pod":
+        return [doc["spec"]]
+    if doc["kind"] == "DynamoGraphDeployment":
+        return [c["podTemplate"]["spec"] for c in doc["spec"]["components"]]
+    if "template" in doc.get("spec", {}):
+        return [doc["spec"]["template"]["spec"]]
+    return []
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_manifests_and_examples_validate(version: str) -> None:
+    docs = _example_documents()
+    assert {d["kind"] for _, d in docs} >= {
+        "Namespace",
+        "Pod",
+        "PersistentVolume",
+        "DynamoGraphDeployment",
+        "Deployment",
+    }
+    for name, doc in docs:
+        if doc["kind"] == "DynamoGraphDeployment":
+            # A CRD: no Kubernetes schema; each component's podTemplate is a PodTemplateSpec.
+            assert doc["apiVersion"] == "nvidia.com/v1beta1", name
+            for component in doc["spec"]["components"]:
+                assert {"name", "type", "podTemplate"} <= set(component), name
+                validate(
+                    {
+                        "apiVersion": "v1",
+                        "kind": "PodTemplate",
+                        "metadata": {"name": component["name"].lower()},
+                        "template": component["podTemplate"],
+                    },
+                    version,
+                )
+        else:
+            validate(doc, version)
+
+
+def test_examples_ask_the_driver_for_parseable_read_only_models() -> None:
+    csi_volumes = []
+    for name, doc in _example_documents():
+        if doc["kind"] == "PersistentVolume":
+            csi_volumes.append((name, doc["spec"]["csi"], doc["spec"]["accessModes"]))
+        for spec in _pod_templates(doc):
+            for vol in spec.get("volumes", []):
+                if "csi" in vol:
+                    csi_volumes.append((name, vol["csi"], None))
+                    mounts = [
+                        m for c in spec["containers"] for m in c.get("volumeMounts", []) if m["name"] == vol["name"]
+                    ]
+                    assert mounts and all(m["mountPath"] == "/models" for m in mounts), name
+    assert len(csi_volumes) >= 4
+    for name, csi, access_modes in csi_volumes:
+        assert csi["driver"] == DEFAULT_DRIVER_NAME, name
+        assert csi["readOnly"] is True, name
+        assert parse_volume_context(csi["volumeAttributes"]).name, name
+        assert access_modes in (None, ["ReadOnlyMany"]), name
+
+
+def test_vllm_examples_load_with_mx_from_the_chart_server() -> None:
+    server = "mxfs-server.mxfs.svc:8001"  # the chart's server Service, release mxfs
+    docs = {d["kind"]: d for _, d in _example_documents()}
+    for kind in ("Deployment", "DynamoGraphDeployment"):
+        specs = _pod_templates(docs[kind])
+        workers = [
+            c
+            for s in specs
+            for c in s["containers"]
+            if "mx" in " ".join(c.get("args", [])).split("--load-format")[-1][:4]
+        ]
+        assert workers, kind
+        for c in workers:
+            env = {e["name"]: e.get("value") for e in c.get("env", [])}
+            assert env["MODEL_EXPRESS_URL"] == server, kind
+    configmap = next(d for d in render.documents() if d["kind"] == "ConfigMap")
+    assert configmap["data"]["MODEL_EXPRESS_URL"] == server
+
+
+@pytest.mark.parametrize("values_name", list(VALUES), ids=lambda n: n or "default")
+def test_node_daemonset_is_wired_for_fuse_and_csi(values_name: str | None) -> None:
+    values = VALUES[values_name] or {}
+    docs = render.documents(VALUES[values_name])
+    [ds] = by_kind(docs, "DaemonSet")
+    [driver] = by_kind(docs, "CSIDriver")
+    spec = ds["spec"]["template"]["spec"]
+    daemon, csi = container(spec, "mxfsd"), container(spec, "csi")
+    registrar = container(spec, "node-driver-registrar")
+
+    # the daemon: privileged FUSE, its mount propagated to the host
+    assert daemon["securityContext"]["privileged"] is True
+    assert volume(spec, "fuse")["hostPath"] == {"path": "/dev/fuse", "type": "CharDevice"}
+    assert mount(daemon, "models")["mountPropagation"] == "Bidirectional"
+    assert daemon["args"][:2] == ["mount", mount(daemon, "models")["mountPath"]]
+    assert volume(spec, "cache")["hostPath"]["path"] == values.get("node", {}).get("hostCacheDir", "/var/cache/mxfs")
+    assert flag(daemon["args"], "cache-dir") == mount(daemon, "cache")["mountPath"]
+
+    # the plugin sees the daemon's mount and publishes into kubelet's pod dirs
+    assert csi["securityContext"]["privileged"] is True
+    assert mount(csi, "models")["mountPropagation"] == "HostToContainer"
+    assert flag(csi["args"], "mountpoint") == mount(csi, "models")["mountPath"]
+    pods = mount(csi, "pods-dir")
+    assert pods["mountPropagation"] == "Bidirectional"
+    assert pods["mountPath"] == volume(spec, "pods-dir")["hostPath"]["path"]  # same path
+
+    # socket: plugin endpoint == registrar address; kubelet path == plugin-dir on the host
+    endpoint = flag(csi["args"], "endpoint").removeprefix("unix://")
+    assert endpoint == "/csi/csi.sock" and mount(csi, "plugin-dir")["mountPath"] == "/csi"
+    assert flag(registrar["args"], "csi-address") == endpoint
+    host_plugin_dir = volume(spec, "plugin-dir")["hostPath"]["path"]
+    assert flag(registrar["args"], "kubelet-registration-path") == f"{host_plugin_dir}/csi.sock"
+    assert host_plugin_dir.endswith(f"/plugins/{driver['metadata']['name']}")
+    assert flag(csi["args"], "driver-name") == driver["metadata"]["name"] == DEFAULT_DRIVER_NAME
+    assert mount(registrar, "registration-dir")["mountPath"] == "/registration"
+
+    # CSIDriver: node-only, pod info, inline and static volumes
+    assert driver["spec"]["attachRequired"] is False
+    assert driver["spec"]["podInfoOnMount"] is True
+    assert set(driver["spec"]["volumeLifecycleModes"]) == {"Ephemeral", "Persistent"}
+
+    # RDMA profiles request the device plugin's resource
+    rdma = values.get("rdma", {})
+    limits = daemon["resources"].get("limits", {})
+    assert (rdma.get("resourceName", "rdma/rdma_shared_device_a") in limits) == bool(rdma.get("enabled"))
+    assert spec.get("hostNetwork") == values.get("node", {}).get("hostNetwork", False)
+    worker_host = next(e for e in daemon["env"] if e["name"] == "MX_WORKER_HOST")
+    assert worker_host["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+
+
+@pytest.mark.parametrize("values_name", list(VALUES), ids=lambda n: n or "default")
+def test_server_ports_and_addresses_agree(values_name: str | None) -> None:
+    values = VALUES[values_name] or {}
+    docs = render.documents(VALUES[values_name])
+    server = next(d for d in by_kind(docs, "Deployment") if d["metadata"]["name"] == "mxfs-server")
+    service = next(d for d in by_kind(docs, "Service") if d["metadata"]["name"] == "mxfs-server")
+    pod = server["spec"]["template"]["spec"]
+    main = container(pod, "server")
+    ports = {p["name"]: p["containerPort"] for p in main["ports"]}
+    assert ports == {"grpc": 8001, "metrics": 9091}
+    assert flag(main["args"], "port") == "8001" and flag(main["args"], "metrics-port") == "9091"
+    assert {p["name"]: p["port"] for p in service["spec"]["ports"]} == ports
+    assert service["spec"]["selector"].items() <= pod_labels(server).items()
+    pvc = by_kind(docs, "PersistentVolumeClaim")[0]
+    assert volume(pod, "cache")["persistentVolumeClaim"]["claimName"] == pvc["metadata"]["name"]
+    assert mount(main, "cache")["mountPath"] == flag(main["args"], "cache-dir")
+
+    [ds] = by_kind(docs, "DaemonSet")
+    daemon = container(ds["spec"]["template"]["spec"], "mxfsd")
+    assert flag(daemon["args"], "server") == "mxfs-server.mxfs.svc:8001"
+
+    redis = [d for d in by_kind(docs, "Service") if d["metadata"]["name"] == "mxfs-redis"]
+    env = {e["name"]: e.get("value") for e in main["env"]}
+    if values.get("redis", {}).get("enabled"):
+        assert redis and env["MX_METADATA_BACKEND"] == "redis"
+        assert env["REDIS_URL"] == "redis://mxfs-redis.mxfs.svc:6379/0"
+    else:
+        assert not redis and "MX_METADATA_BACKEND" not in env and "REDIS_URL" not in env
+
+    # one peer token for server and nodes, or none
+    token_users = [c for c in (main, daemon) if any(e["name"] == "MXFS_PEER_TOKEN" for e in c["env"])]
+    assert len(token_users) == (2 if values.get("peerTokenSecret") else 0)
+
+
+def pod_labels(workload: dict[str, Any]) -> dict[str, str]:
+    return workload["spec"]["template"]["metadata"]["labels"]

@@ -1,0 +1,171 @@
+"""Failure handling with real processes: killed daemon, corrupt cache, vanished server, eviction."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from mxfs import nodectl
+from mxfs.modelgen import ModelShape, generate_model
+from mxfs_daemon import mountpoint as mounts
+from tests.conftest import BLOCK_SIZE, MODEL, sha256_file
+
+
+def _shards(model_dir: Path) -> list[Path]:
+    return sorted(model_dir.glob("*.safetensors"))
+
+
+def test_sigterm_unmounts_cleanly(start_server, start_mount):
+    daemon = start_mount(start_server())
+    assert mounts.is_mounted(daemon.mountpoint)
+    daemon.stop()
+    assert daemon.proc.returncode == 0, daemon.log()[-2000:]
+    assert not mounts.is_mounted(daemon.mountpoint)
+
+
+def test_kill9_mid_read_then_restart_serves_correct_bytes(start_server, start_mount, origin_hashes):
+    server = start_server()
+    daemon = start_mount(server, extra=["--fetch-workers", "1", "--readahead-blocks", "0"])
+    big = _shards(daemon.mountpoint / MODEL)[0]
+    errors: list[BaseException] = []
+
+    def reader() -> None:
+        try:
+            with open(big, "rb") as fh:
+                while fh.read(BLOCK_SIZE):
+                    pass
+        except OSError as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=reader)
+    t.start()
+    deadline = time.monotonic() + 20
+    while server.metric("mxfs_server_bytes_served_total") < 4 * BLOCK_SIZE and time.monotonic() < deadline:
+        time.sleep(0.02)
+    daemon.stop(kill=True)
+    t.join(timeout=30)
+    assert not t.is_alive()
+    with pytest.raises(OSError) as info:
+        os.stat(daemon.mountpoint / "never-looked-up")
+    assert info.value.errno in (errno.ENOTCONN, errno.ECONNABORTED)
+    daemon.start(wait_model=MODEL)  # same mountpoint and cache: stale mount recovered
+    for rel, digest in origin_hashes.items():
+        assert sha256_file(daemon.mountpoint / MODEL / rel) == digest, rel
+
+
+def test_corrupt_cache_block_is_detected_and_refetched(start_server, start_mount, origin_hashes):
+    server = start_server()
+    daemon = start_mount(server)
+    shard = _shards(daemon.mountpoint / MODEL)[0]
+    sha = os.getxattr(shard, "user.mxfs.sha256").decode()
+    assert sha256_file(shard) == origin_hashes[shard.name]
+    backing = Path(os.getxattr(shard, "user.mxfs.backing").decode())
+    daemon.stop()
+    with open(backing, "r+b") as fh:  # flip bytes inside block 3
+        fh.seek(3 * BLOCK_SIZE + 100)
+        fh.write(b"\xff\x00" * 64)
+    assert sha256_file(backing) != sha
+    before = server.metric("mxfs_server_bytes_served_total")
+    daemon.start(wait_model=MODEL)
+    assert sha256_file(daemon.mountpoint / MODEL / shard.name) == origin_hashes[shard.name]
+    refetched = server.metric("mxfs_server_bytes_served_total") - before
+    assert refetched == BLOCK_SIZE  # exactly the corrupt block came back from the server
+    assert sha256_file(backing) == sha
+    assert "corrupt" in daemon.log()
+
+
+def test_server_gone_cached_reads_work_uncached_fail_fast_then_recover(start_server, start_mount, origin_hashes):
+    server = start_server()
+    daemon = start_mount(server, extra=["--fetch-timeout", "3", "--readahead-blocks", "0"])
+    model = daemon.mountpoint / MODEL
+    shards = _shards(model)
+    assert sha256_file(model / "config.json") == origin_hashes["config.json"]
+    assert sha256_file(shards[0]) == origin_hashes[shards[0].name]
+    server.stop()
+    # cached: still readable (also after the daemon restarts without a server)
+    daemon.stop()
+    daemon.start(wait_model=MODEL)
+    assert sha256_file(model / shards[0].name) == origin_hashes[shards[0].name]
+    start = time.monotonic()
+    with pytest.raises(OSError) as info:
+        (model / shards[-1].name).read_bytes()
+    assert info.value.errno == errno.EIO
+    assert time.monotonic() - start < 15
+    server.start()
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            assert sha256_file(model / shards[-1].name) == origin_hashes[shards[-1].name]
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def test_eviction_keeps_cache_under_bound(start_server, start_mount, origin_hashes):
+    bound = 2 * 1024 * 1024
+    daemon = start_mount(start_server(), extra=["--cache-size", str(bound)])
+    for rel, digest in origin_hashes.items():
+        assert sha256_file(daemon.mountpoint / MODEL / rel) == digest
+    status = nodectl.status(daemon.mountpoint)
+    assert 0 < status.cache_bytes <= bound
+    assert status.cache_limit == bound
+    blobs = daemon.cache_dir / "blocks" / "blobs"
+    on_disk = sum(p.stat().st_blocks * 512 for p in blobs.rglob("*") if p.is_file())
+    assert on_disk <= bound + 64 * 1024
+    # evicted data is refetched correctly
+    for rel, digest in origin_hashes.items():
+        assert sha256_file(daemon.mountpoint / MODEL / rel) == digest
+
+
+def test_prefetch_hydrates_whole_model(start_server, start_mount, origin_hashes):
+    server = start_server()
+    daemon = start_mount(server)
+    model = daemon.mountpoint / MODEL
+    out = subprocess.run([sys.executable, "-m", "mxfs", "prefetch", str(model), "--page-cache"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    status = nodectl.status(daemon.mountpoint)
+    m = next(m for m in status.models if m.name == MODEL)
+    assert m.cached_bytes == m.total_bytes > 0
+    served = server.metric("mxfs_server_bytes_served_total")
+    for rel, digest in origin_hashes.items():
+        assert os.getxattr(model / rel, "user.mxfs.backing")
+        assert sha256_file(model / rel) == digest
+    assert server.metric("mxfs_server_bytes_served_total") == served  # all reads were local
+
+
+def test_hostile_safetensors_and_bad_names_give_clear_errors(tmp_path, start_server, start_mount):
+    origin = tmp_path / "hostile-origin"
+    generate_model(origin / "good" / "model", ModelShape(hidden=64, intermediate=128, layers=1, heads=1,
+                                                        kv_heads=1, vocab=64))
+    bad = origin / "bad" / "model"
+    bad.mkdir(parents=True)
+    (bad / "model.safetensors").write_bytes((10**12).to_bytes(8, "little") + b"{}")
+    server = start_server(models_dir=origin)
+    env = dict(os.environ, MODEL_EXPRESS_URL=server.address)
+    run = lambda *a: subprocess.run([sys.executable, "-m", "mxfs", *a], capture_output=True, text=True,  # noqa: E731
+                                    env=env, timeout=60)
+    out = run("model", "files", "bad/model")
+    assert out.returncode == 2 and "header length" in out.stderr, out.stderr
+    out = run("model", "files", "../etc")
+    assert out.returncode == 2 and "invalid" in out.stderr, out.stderr
+    out = run("model", "files", "good/../../etc")
+    assert out.returncode == 2 and "invalid" in out.stderr, out.stderr
+    out = run("model", "files", "nobody/nothing")
+    assert out.returncode == 2 and "not found" in out.stderr, out.stderr
+    daemon = start_mount(server, wait_model="good/model")
+    assert (daemon.mountpoint / "good" / "model" / "config.json").read_bytes()
+    with pytest.raises(OSError) as info:
+        os.stat(daemon.mountpoint / "bad" / "model")
+    assert info.value.errno == errno.EIO
+    assert shutil.which("fusermount3")
