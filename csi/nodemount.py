@@ -26,7 +26,7 @@ class NodeMount:
         if mounts.mount_at(self.mountpoint) is None:
             return False
         try:
-            os.stat(self.mountpoint)
+            os.statvfs(self.mountpoint)  # always a round trip: stat may come from the attr cache
         except OSError as exc:
             message = f"node mount {self.mountpoint} is not serving: {exc.strerror}"
             raise unavailable(message) from exc

@@ -81,6 +81,7 @@ class Publisher:
         if entry is None:
             return False
         try:
+            os.statvfs(target)  # reaches the daemon; a cached stat would hide a dead one
             here = os.stat(target)
         except OSError as exc:
             if not is_stale(exc):

@@ -105,3 +105,12 @@ def csi(bind_node_mount: NodeMountFixture, tmp_path: Path, short_tmp: Path) -> I
 def csi_any(node_mount: NodeMountFixture, tmp_path: Path, short_tmp: Path) -> Iterator[Csi]:
     """CSI server over each node mount kind (data-path tests)."""
     yield from _serve(node_mount, tmp_path, short_tmp)
+
+
+@pytest.fixture
+def csi_mxfs(mxfs_mount, tmp_path: Path, short_tmp: Path) -> Iterator[Csi]:
+    """CSI server over a real mxfs mount (server + daemon processes), exposing the daemon."""
+    mount = NodeMountFixture(mxfs_mount.mountpoint, mxfs_mount.models_dir, mxfs_mount.model)
+    for csi in _serve(mount, tmp_path, short_tmp):
+        csi.daemon = mxfs_mount.daemon
+        yield csi

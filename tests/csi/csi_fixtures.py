@@ -15,6 +15,7 @@ import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from mxfs_csi import mounts
@@ -46,6 +47,7 @@ class Csi:
     identity: csi_pb2_grpc.IdentityStub
     node: csi_pb2_grpc.NodeStub
     mount: NodeMountFixture
+    daemon: Any = None  # the node daemon process, when the mount is a real mxfs mount
 
 
 def write_model(root: Path, seed: int) -> None:
