@@ -30,7 +30,8 @@ def _config_from(args: argparse.Namespace, cls: type, section: str, names: list[
         raise SystemExit(0)
     cfg = load(cls, section, {n: getattr(args, n, None) for n in names}, args.config)
     if args.validate_config:
-        print(f"config OK: {dataclasses.asdict(cfg)}")
+        shown = {k: ("***" if "token" in k and v else v) for k, v in dataclasses.asdict(cfg).items()}
+        print(f"config OK: {shown}")
         raise SystemExit(0)
     return cfg
 
@@ -43,7 +44,8 @@ def cmd_server(args: argparse.Namespace) -> int:
 
     cfg = _config_from(args, ServerConfig, "server",
                        ["host", "port", "cache_dir", "models_dir", "block_size", "metrics_port",
-                        "log_level", "max_workers"])
+                        "log_level", "max_workers", "peer_token", "holder_ttl", "origins", "model_uris",
+                        "max_models", "max_unused_s", "min_free_bytes", "metadata_backend", "redis_url"])
     logs.setup(cfg.log_level)
     return app.run(cfg)
 
@@ -58,6 +60,16 @@ def add_server(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--metrics-port", type=int, help="Prometheus port (0 = off, default 9091)")
     p.add_argument("--max-workers", type=int, help="gRPC worker threads")
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING, ...")
+    p.add_argument("--peer-token", help="cluster token: enables the block-holder registry ($MXFS_PEER_TOKEN)")
+    p.add_argument("--holder-ttl", type=float, help="seconds a silent node stays registered (default 30)")
+    p.add_argument("--origin", dest="origins", action="append",
+                   help="remote origin (repeatable): hf, s3://B/P, gs://B/P, az://C/P, /abs/dir")
+    p.add_argument("--model-uri", dest="model_uris", action="append", help="ORG/NAME=URI (repeatable)")
+    p.add_argument("--max-models", type=int, help="evict LRU cached models beyond this count")
+    p.add_argument("--max-unused", dest="max_unused_s", type=float, help="evict models unused this many seconds")
+    p.add_argument("--min-free", dest="min_free_bytes", type=parse_size, help="keep this much disk free, e.g. 20GiB")
+    p.add_argument("--metadata-backend", help="model registry: embedded (default) or redis")
+    p.add_argument("--redis-url", help="Redis URL for --metadata-backend redis")
     add_config_args(p)
     p.set_defaults(func=cmd_server)
 
@@ -69,7 +81,9 @@ def cmd_mount(args: argparse.Namespace) -> int:
 
     cfg = _config_from(args, MountConfig, "mount",
                        ["mountpoint", "server", "cache_dir", "cache_size", "models", "fetch_timeout",
-                        "readahead_blocks", "metrics_port", "log_level", "fetch_workers"])
+                        "readahead_blocks", "metrics_port", "log_level", "fetch_workers",
+                        "peer_port", "peer_host", "peer_advertise", "peer_token", "peer_swarm",
+                        "peer_hedge", "peer_workers"])
     logs.setup(cfg.log_level)
     from mxfs_daemon.node import NodeDaemon
 
@@ -88,6 +102,14 @@ def add_mount(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fetch-workers", type=int, help="concurrent block fetches (default 16)")
     p.add_argument("--metrics-port", type=int, help="Prometheus port (0 = off)")
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING, ...")
+    p.add_argument("--peer-port", type=int, help="serve cached blocks to peers on this port (0 = peer cache off)")
+    p.add_argument("--peer-host", help="listen address of the peer service (default 0.0.0.0)")
+    p.add_argument("--peer-advertise", help="address peers use to reach this node ($MX_WORKER_HOST)")
+    p.add_argument("--peer-token", help="shared cluster token ($MXFS_PEER_TOKEN)")
+    p.add_argument("--peer-swarm", action=argparse.BooleanOptionalAction, default=None,
+                   help="split a cold fleet's first fetches between nodes (default on)")
+    p.add_argument("--peer-hedge", type=float, help="min seconds before a slow peer fetch also asks the server")
+    p.add_argument("--peer-workers", type=int, help="concurrent peer requests served (default 16)")
     add_config_args(p)
     p.set_defaults(func=cmd_mount)
 

@@ -39,9 +39,30 @@ class ServerConfig:
     max_workers: int = _opt(32, "gRPC worker threads")
     metrics_port: int = _opt(9091, "Prometheus metrics port (0 disables)")
     log_level: str = _opt("INFO", "log level", ("MODEL_EXPRESS_LOG_LEVEL",))
+    peer_token: str = _opt("", "cluster token of the block-holder registry (empty = peer cache off)",
+                           ("MXFS_PEER_TOKEN",))
+    holder_ttl: float = _opt(30.0, "seconds a silent node stays in the block-holder registry")
+    origins: list = _opt(None, "remote origins tried after models_dir: hf, s3://B/P, gs://B/P, az://C/P, /abs/dir")
+    model_uris: list = _opt(None, "single models bound to a location: ORG/NAME=URI")
+    origin_workers: int = _opt(8, "parallel ranged reads from remote origins")
+    max_models: int = _opt(0, "evict the least recently used cached models beyond this count (0 = no bound)")
+    max_unused_s: float = _opt(0.0, "evict cached models unused for this many seconds (0 = never)")
+    min_free_bytes: int = _opt(0, "evict cached models while the cache disk has less free space (0 = off)")
+    evict_interval_s: float = _opt(60.0, "seconds between eviction passes")
+    lease_ttl_s: float = _opt(30.0, "download lease TTL; another replica takes over a download after it")
+    metadata_backend: str = _opt("", "model registry backend: embedded or redis", ("MX_METADATA_BACKEND",))
+    redis_url: str = _opt("", "Redis URL when metadata_backend is redis", ("REDIS_URL",))
 
     def validate(self) -> None:
         _check_port(self.port, "port")
+        if not 1.0 <= self.holder_ttl <= 3600:
+            raise ConfigError("holder_ttl must be between 1 and 3600 seconds")
+        if self.origin_workers < 1:
+            raise ConfigError("origin_workers must be >= 1")
+        if min(self.max_models, self.max_unused_s, self.min_free_bytes) < 0 or self.evict_interval_s <= 0:
+            raise ConfigError("eviction bounds must be >= 0 and evict_interval_s > 0")
+        if self.lease_ttl_s < 1:
+            raise ConfigError("lease_ttl_s must be >= 1")
         _check_port(self.metrics_port, "metrics_port", allow_zero=True)
         try:
             check_block_size(self.block_size)
@@ -70,6 +91,14 @@ class MountConfig:
     metrics_port: int = _opt(0, "Prometheus metrics port (0 disables)")
     log_level: str = _opt("INFO", "log level", ("MODEL_EXPRESS_LOG_LEVEL",))
     allow_other: bool = _opt(True, "let other users (and containers) read the mount")
+    peer_port: int = _opt(0, "port of this node's peer block service (0 = peer cache off)")
+    peer_host: str = _opt("0.0.0.0", "listen address of the peer block service")
+    peer_advertise: str = _opt("", "address other nodes use to reach this one (default: peer_host or hostname)",
+                               ("MX_WORKER_HOST",))
+    peer_token: str = _opt("", "shared cluster token for peer and registry calls", ("MXFS_PEER_TOKEN",))
+    peer_swarm: bool = _opt(True, "cold fleets split first fetches between nodes, then exchange")
+    peer_hedge: float = _opt(1.0, "min seconds before a slow peer fetch is hedged to the server")
+    peer_workers: int = _opt(16, "concurrent peer requests served (bounds memory: workers x block size)")
 
     def validate(self) -> None:
         if not self.mountpoint:
@@ -85,6 +114,13 @@ class MountConfig:
         if self.fetch_workers < 1:
             raise ConfigError("fetch_workers must be >= 1")
         _check_port(self.metrics_port, "metrics_port", allow_zero=True)
+        _check_port(self.peer_port, "peer_port", allow_zero=True)
+        if self.peer_port and not self.peer_token:
+            raise ConfigError("the peer cache needs a cluster token (--peer-token or MXFS_PEER_TOKEN)")
+        if self.peer_hedge <= 0:
+            raise ConfigError("peer_hedge must be > 0")
+        if not 1 <= self.peer_workers <= 256:
+            raise ConfigError("peer_workers must be in [1, 256]")
 
 
 def _check_port(port: int, name: str, allow_zero: bool = False) -> None:
@@ -101,7 +137,7 @@ def _coerce(value: Any, default: Any, name: str) -> Any:
             return parse_size(value)
         if kind in (int, float, str) and not isinstance(value, kind):
             return kind(value)
-        if name == "models" and isinstance(value, str):
+        if name in ("models", "origins", "model_uris") and isinstance(value, str):
             return [v for v in value.replace(",", " ").split() if v]
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{name}: cannot use {value!r}: {exc}") from exc
@@ -141,8 +177,9 @@ def load(
     env = envs.prefixed()
     for f in fields(cls):  # type: ignore[arg-type]
         for name in (f"MODEL_EXPRESS_{section.upper()}_{f.name.upper()}", *f.metadata.get("env", ())):
-            if name in env:
-                values[f.name] = env[name]
+            value = env.get(name) or envs.registered(name)
+            if value:
+                values[f.name] = value
                 break
     for key, value in (cli or {}).items():
         if value is not None:

@@ -30,17 +30,32 @@ MODEL_EXPRESS_CACHE_DIRECTORY = EnvVar(
 )
 HF_HUB_CACHE = EnvVar("HF_HUB_CACHE", None, "Hugging Face hub cache directory.")
 HF_TOKEN = EnvVar("HF_TOKEN", None, "Hugging Face token (read only by the side that talks to the Hub).")
+HF_ENDPOINT = EnvVar("HF_ENDPOINT", None, "Hugging Face Hub endpoint (a mirror or a local HF-compatible server).")
+AZURE_STORAGE_ACCOUNT_NAME = EnvVar(
+    "AZURE_STORAGE_ACCOUNT_NAME", None, "Azure storage account of az://container/prefix origins."
+)
+AZURE_STORAGE_CONNECTION_STRING = EnvVar(
+    "AZURE_STORAGE_CONNECTION_STRING", None, "Azure connection string (alternative to account + default credential)."
+)
 MX_MODEL_URI = EnvVar("MX_MODEL_URI", None, "Model URI (s3://, gs://, az://, or an absolute path).")
 MX_METADATA_BACKEND = EnvVar("MX_METADATA_BACKEND", "embedded", "Registry backend: embedded or redis.")
 REDIS_URL = EnvVar("REDIS_URL", None, "Redis URL for the registries when MX_METADATA_BACKEND=redis.")
 MX_WORKER_HOST = EnvVar("MX_WORKER_HOST", None, "Address other nodes use to reach this node.")
 MXFS_PEER_TOKEN = EnvVar("MXFS_PEER_TOKEN", None, "Shared cluster token for peer and registry calls.")
+MX_P2P = EnvVar("MX_P2P", "1", "vLLM 'mx' loader: 1 pulls weights from running sources and publishes itself.")
+MX_P2P_TIMEOUT_S = EnvVar("MX_P2P_TIMEOUT_S", "120", "Bound on one whole NIXL pull (seconds).")
+MX_P2P_MAX_TRIES = EnvVar("MX_P2P_MAX_TRIES", "3", "At most this many sources are tried before loading files.")
+MX_P2P_STALE_S = EnvVar("MX_P2P_STALE_S", "15", "Server: a source without a heartbeat this long is STALE.")
+MX_P2P_REAP_S = EnvVar("MX_P2P_REAP_S", "300", "Server: a source without a heartbeat this long is removed.")
+MX_NIXL_BACKENDS = EnvVar("MX_NIXL_BACKENDS", "UCX", "Comma-separated NIXL backends for weight transfers.")
 MXFS_LOG_FORMAT = EnvVar("MXFS_LOG_FORMAT", "auto", "Log format: auto (text on a tty, json otherwise), text, json.")
 
 ALL = [
     MODEL_EXPRESS_URL, MODEL_EXPRESS_NO_SHARED_STORAGE, MODEL_EXPRESS_CACHE_DIRECTORY,
-    HF_HUB_CACHE, HF_TOKEN, MX_MODEL_URI, MX_METADATA_BACKEND, REDIS_URL, MX_WORKER_HOST,
+    HF_HUB_CACHE, HF_TOKEN, HF_ENDPOINT, AZURE_STORAGE_ACCOUNT_NAME, AZURE_STORAGE_CONNECTION_STRING,
+    MX_MODEL_URI, MX_METADATA_BACKEND, REDIS_URL, MX_WORKER_HOST,
     MXFS_PEER_TOKEN, MXFS_LOG_FORMAT,
+    MX_P2P, MX_P2P_TIMEOUT_S, MX_P2P_MAX_TRIES, MX_P2P_STALE_S, MX_P2P_REAP_S, MX_NIXL_BACKENDS,
 ]
 
 CONFIG_PREFIX = "MODEL_EXPRESS_"
@@ -49,6 +64,14 @@ CONFIG_PREFIX = "MODEL_EXPRESS_"
 def flag(var: EnvVar) -> bool:
     """Parse a boolean variable (1/true/yes/on)."""
     return (var.get() or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def registered(name: str) -> str | None:
+    """The value of a variable listed in ``ALL`` (None for unset or unknown names)."""
+    for var in ALL:
+        if var.name == name:
+            return var.get()
+    return None
 
 
 def prefixed(prefix: str = CONFIG_PREFIX) -> dict[str, str]:

@@ -33,3 +33,7 @@ class BlockUnavailable(MxfsError):
 
 class SourceError(MxfsError):
     """A tier failed in a way that proves the tier itself is at fault."""
+
+
+class OriginDenied(MxfsError, PermissionError):
+    """The origin refused our credentials (wrong key, no token, gated repository)."""

@@ -14,6 +14,7 @@ import struct
 import threading
 import time
 from collections import Counter, OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 
 import lmdb
@@ -52,6 +53,8 @@ class BlockCache:
         self._touched: dict[BlockKey, float] = {}
         self.used = 0
         self.evicted_blocks = 0
+        #: ``fn(added, removed)`` after blocks enter or leave the cache (any thread, no lock held)
+        self.listeners: list[Callable[[list[BlockKey], list[BlockKey]], None]] = []
         self._load_index()
 
     # -- start-up ------------------------------------------------------------------
@@ -87,6 +90,15 @@ class BlockCache:
             return None
 
     # -- queries ---------------------------------------------------------------------
+
+    def keys(self) -> list[BlockKey]:
+        """A snapshot of every cached block's key."""
+        with self._lock:
+            return list(self._lru)
+
+    def _notify(self, added: list[BlockKey], removed: list[BlockKey]) -> None:
+        for fn in self.listeners:
+            fn(added, removed)
 
     def contains(self, key: BlockKey) -> bool:
         with self._lock:
@@ -147,9 +159,12 @@ class BlockCache:
         with self._env.begin(db=self._db, write=True) as txn:
             txn.put(_encode(key), _VALUE.pack(length, time.time()))
         with self._lock:
-            if key not in self._lru:
+            new = key not in self._lru
+            if new:
                 self._lru[key] = length
                 self.used += length
+        if new:
+            self._notify([key], [])
         return True
 
     def discard(self, key: BlockKey) -> None:
@@ -213,6 +228,8 @@ class BlockCache:
                 log.warning("cannot punch hole for %s: %s", key, exc)
             finally:
                 os.close(fd)
+        if removed:
+            self._notify([], [key for key, _ in removed])
 
     # -- housekeeping --------------------------------------------------------------------
 

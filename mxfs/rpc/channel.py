@@ -14,6 +14,10 @@ CHANNEL_OPTIONS = [
     ("grpc.min_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 2000),
     ("grpc.enable_http_proxy", 0),
+    # bulk block transfer: big HTTP/2 frames and flow-control windows
+    ("grpc.http2.max_frame_size", 16 * 1024 * 1024 - 1),
+    ("grpc.http2.lookahead_bytes", 64 * 1024 * 1024),
+    ("grpc.http2.write_buffer_size", 64 * 1024 * 1024),
 ]
 
 

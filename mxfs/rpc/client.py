@@ -15,6 +15,10 @@ from mxfs.rpc import model_express_health_pb2_grpc as health_grpc
 from mxfs.rpc import mxfs_pb2, mxfs_pb2_grpc
 from mxfs.rpc.channel import open_channel
 from mxfs.rpc.convert import manifest_from_pb
+from mxfs.rpc.fastchunk import decode_chunk
+
+MAX_CHUNK_BYTES = 4 * 1024 * 1024
+READ_RANGE_METHOD = "/mxfs.v1.MxfsService/ReadRange"
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,9 @@ class MxfsClient:
             if self._channel is None:
                 self._channel = open_channel(self.address)
                 self._stub = mxfs_pb2_grpc.MxfsServiceStub(self._channel)
+                self._read_range = self._channel.unary_stream(
+                    READ_RANGE_METHOD, request_serializer=mxfs_pb2.RangeRequest.SerializeToString,
+                    response_deserializer=decode_chunk, _registered_method=True)
                 self._health = health_grpc.HealthServiceStub(self._channel)
             assert self._stub is not None and self._health is not None
             return self._stub, self._health
@@ -105,15 +112,15 @@ class MxfsClient:
     def iter_range(
         self, name: str, revision: str, path: str, offset: int, length: int,
         timeout_s: float | None = None,
-    ) -> Iterator[tuple[int, bytes]]:
-        """Stream ``(offset, bytes)`` chunks of a byte range."""
-        stub, _ = self._stubs()
+    ) -> Iterator[tuple[int, memoryview]]:
+        """Stream ``(offset, data)`` chunks of a byte range (data parsed without a copy)."""
+        self._stubs()
         req = mxfs_pb2.RangeRequest(
-            name=name, revision=revision, path=path, offset=offset, length=length
+            name=name, revision=revision, path=path, offset=offset, length=length,
+            chunk_size=min(length, MAX_CHUNK_BYTES),
         )
         try:
-            for chunk in stub.ReadRange(req, timeout=timeout_s or self.timeout_s):
-                yield chunk.offset, chunk.data
+            yield from self._read_range(req, timeout=timeout_s or self.timeout_s)
         except grpc.RpcError as exc:
             raise translate_rpc_error(exc, f"read {name}/{path}@{offset}") from exc
 

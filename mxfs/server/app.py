@@ -17,11 +17,14 @@ from prometheus_client import start_http_server
 from mxfs.config import ServerConfig
 from mxfs.origins.base import Origin
 from mxfs.origins.local import LocalOrigin
-from mxfs.rpc import model_express_health_pb2_grpc, mxfs_pb2_grpc
+from mxfs.p2p import service as p2p_service
+from mxfs.rpc import model_express_health_pb2_grpc
 from mxfs.rpc.channel import CHANNEL_OPTIONS
+from mxfs.server import holders, modelexpress
 from mxfs.server.catalog import ModelCatalog
 from mxfs.server.metrics import ServerMetrics
-from mxfs.server.service import HealthServicer, MxfsServicer
+from mxfs.server.model_cache import build_remote_origins
+from mxfs.server.service import HealthServicer, MxfsServicer, add_to_server
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +42,14 @@ class ServerContext:
 
 
 #: extra services register themselves here: ``fn(ctx)`` adds servicers to ``ctx.grpc_server``
-SERVICE_PLUGINS: list[Callable[[ServerContext], None]] = []
+SERVICE_PLUGINS: list[Callable[[ServerContext], None]] = [holders.register, p2p_service.register, modelexpress.install]
 
 
 def build_origins(config: ServerConfig, state_dir: Path) -> list[Origin]:
     origins: list[Origin] = []
     if config.models_dir:
         origins.append(LocalOrigin(Path(config.models_dir), state_dir))
-    return origins
+    return origins + build_remote_origins(config, state_dir)
 
 
 class Server:
@@ -63,9 +66,7 @@ class Server:
             options=CHANNEL_OPTIONS,
         )
         self.ctx = ServerContext(config, state_dir, self.catalog, self.metrics, self.grpc_server)
-        mxfs_pb2_grpc.add_MxfsServiceServicer_to_server(
-            MxfsServicer(self.catalog, self.metrics, config.chunk_size), self.grpc_server
-        )
+        add_to_server(MxfsServicer(self.catalog, self.metrics, config.chunk_size), self.grpc_server)
         model_express_health_pb2_grpc.add_HealthServiceServicer_to_server(HealthServicer(), self.grpc_server)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)

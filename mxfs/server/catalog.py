@@ -34,13 +34,15 @@ class ModelCatalog:
         self._lock = threading.Lock()
         self._entries: dict[tuple[str, str], CatalogEntry] = {}
 
-    def _origin_for(self, name: str) -> Origin:
-        for origin in self.origins:
+    def _origin_for(self, name: str, kinds: set[str] | None = None, label: str = "") -> Origin:
+        """First origin (of the given provider ``kinds``) with the model; ``label`` wins if given."""
+        allowed = [o for o in self.origins if kinds is None or getattr(o, "provider", "local") in kinds]
+        for origin in sorted(allowed, key=lambda o: o.label != label) if label else allowed:
             if origin.has(name):
                 return origin
         raise ModelNotFound(f"model {name} not found in any origin")
 
-    def resolve(self, name: str, revision: str) -> Manifest:
+    def resolve(self, name: str, revision: str, kinds: set[str] | None = None) -> Manifest:
         """Resolve ``name@revision`` to a manifest (a commit-shaped revision is looked up first)."""
         validate_name(name)
         if revision:
@@ -50,7 +52,7 @@ class ModelCatalog:
             if entry is not None:
                 entry.last_used = time.time()
                 return entry.manifest
-        origin = self._origin_for(name)
+        origin = self._origin_for(name, kinds)
         manifest = origin.resolve(name, revision, self.block_size)
         with self._lock:
             known = self._entries.get((name, manifest.revision))
@@ -83,7 +85,7 @@ class ModelCatalog:
             return None
         manifest = Manifest.from_json(path.read_bytes())
         try:
-            origin = self._origin_for(name)
+            origin = self._origin_for(name, label=manifest.origin)
         except ModelNotFound:
             return None
         with self._lock:

@@ -15,6 +15,7 @@ from mxfs.errors import (
     InvalidModelName,
     ManifestError,
     ModelNotFound,
+    OriginDenied,
     SourceError,
 )
 from mxfs.server.metrics import ServerMetrics
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 STATUS_OF: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (InvalidModelName, grpc.StatusCode.INVALID_ARGUMENT),
     (ModelNotFound, grpc.StatusCode.NOT_FOUND),
+    (OriginDenied, grpc.StatusCode.PERMISSION_DENIED),
     (ManifestError, grpc.StatusCode.FAILED_PRECONDITION),
     (BlockUnavailable, grpc.StatusCode.UNAVAILABLE),
     (SourceError, grpc.StatusCode.UNAVAILABLE),

@@ -11,17 +11,19 @@ import mxfs
 from mxfs.manifest.names import is_commit, validate_relpath
 from mxfs.rpc import model_express_health_pb2 as health_pb2
 from mxfs.rpc import model_express_health_pb2_grpc as health_grpc
-from mxfs.rpc import mxfs_pb2, mxfs_pb2_grpc
+from mxfs.rpc import mxfs_pb2
 from mxfs.rpc.convert import manifest_to_pb
+from mxfs.rpc.fastchunk import encode_chunk
 from mxfs.server.catalog import ModelCatalog
 from mxfs.server.errors import rpc
 from mxfs.server.metrics import ServerMetrics
 
 MAX_CHUNK = 4 * 1024 * 1024
+SERVICE_NAME = mxfs_pb2.DESCRIPTOR.services_by_name["MxfsService"].full_name
 MAX_RANGE = 1 << 40
 
 
-class MxfsServicer(mxfs_pb2_grpc.MxfsServiceServicer):
+class MxfsServicer:
     """Manifests and byte ranges, read from the origin chunk by chunk."""
 
     def __init__(self, catalog: ModelCatalog, metrics: ServerMetrics, chunk_size: int) -> None:
@@ -52,7 +54,7 @@ class MxfsServicer(mxfs_pb2_grpc.MxfsServiceServicer):
         return reply
 
     @rpc("ReadRange", streaming=True)
-    def ReadRange(self, request: mxfs_pb2.RangeRequest, context: grpc.ServicerContext) -> Iterator[mxfs_pb2.Chunk]:
+    def ReadRange(self, request: mxfs_pb2.RangeRequest, context: grpc.ServicerContext) -> Iterator[tuple[int, bytes]]:
         if not is_commit(request.revision):
             raise ValueError("ReadRange needs a resolved 40-hex revision")
         path = validate_relpath(request.path)
@@ -72,8 +74,25 @@ class MxfsServicer(mxfs_pb2_grpc.MxfsServiceServicer):
             n = min(chunk, end - pos)
             data = origin.read_range(manifest, path, pos, n)
             self.metrics.bytes_served.inc(len(data))
-            yield mxfs_pb2.Chunk(offset=pos, data=data)
+            yield pos, data  # encoded by fastchunk.encode_chunk (see add_to_server)
             pos += n
+
+
+def add_to_server(servicer: MxfsServicer, server: grpc.Server) -> None:
+    """Register MxfsService; ReadRange's chunks go through the fast Chunk encoder."""
+    req = mxfs_pb2
+    handlers = {
+        "GetManifest": grpc.unary_unary_rpc_method_handler(
+            servicer.GetManifest, request_deserializer=req.ModelRequest.FromString,
+            response_serializer=req.Manifest.SerializeToString),
+        "ReadRange": grpc.unary_stream_rpc_method_handler(
+            servicer.ReadRange, request_deserializer=req.RangeRequest.FromString,
+            response_serializer=encode_chunk),
+        "ListModels": grpc.unary_unary_rpc_method_handler(
+            servicer.ListModels, request_deserializer=req.ListModelsRequest.FromString,
+            response_serializer=req.ListModelsReply.SerializeToString),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
 
 
 class HealthServicer(health_grpc.HealthServiceServicer):

@@ -2,13 +2,18 @@
 
 Concurrent requests for one block share a single fetch. A tier that returns bytes that
 fail the hash is skipped (and told, so it can quarantine itself); a failing cache write
-never fails a read.
+never fails a read. A tier with ``hedge_after()`` that has not answered by then gets
+the next tier started beside it (first verified answer wins, the other is cancelled);
+a tier with ``verifies = True`` checks block hashes itself (the peer tier, which must
+know which peer lied). Tiers with ``is_peer = True`` are skipped for ``via_peers=False``
+(a block fetched on behalf of another peer never goes back out to peers).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -17,7 +22,7 @@ import trio
 
 from mxfs.cache.blocks import BlockCache
 from mxfs.cache.memory import HotBlocks
-from mxfs.errors import BlockUnavailable, InvalidModelName, SourceError
+from mxfs.errors import BlockUnavailable, InvalidModelName, MxfsError, SourceError
 from mxfs.manifest.model import BlockKey, FileEntry, Manifest
 from mxfs.sources.base import Tier
 from mxfs.sources.stats import FetchStats
@@ -61,8 +66,10 @@ class FetchChain:
     def is_cached(self, manifest: Manifest, entry: FileEntry, index: int) -> bool:
         return self.cache.contains(entry.key(index, manifest.block_size))
 
-    async def block(self, manifest: Manifest, entry: FileEntry, index: int) -> bytes | bytearray:
-        """Verified bytes of block ``index`` of ``entry``."""
+    async def block(
+        self, manifest: Manifest, entry: FileEntry, index: int, via_peers: bool = True
+    ) -> bytes | bytearray:
+        """Verified bytes of block ``index`` of ``entry`` (``via_peers=False``: no peer tiers)."""
         if not entry.block_hashes:
             raise InvalidModelName(f"{entry.path}: manifest has no block hashes")
         key = entry.key(index, manifest.block_size)
@@ -79,7 +86,7 @@ class FetchChain:
         flight = self._flights[key] = _Flight()
         self.cache.pin(key)  # a block being read is never evicted
         try:
-            flight.data = await self._load(manifest, entry, index, key)
+            flight.data = await self._load(manifest, entry, index, key, via_peers)
             self.hot.put(key, flight.data)
             return flight.data
         except BaseException as exc:
@@ -91,7 +98,7 @@ class FetchChain:
             flight.done.set()
 
     async def _load(
-        self, manifest: Manifest, entry: FileEntry, index: int, key: BlockKey
+        self, manifest: Manifest, entry: FileEntry, index: int, key: BlockKey, via_peers: bool = True
     ) -> bytes | bytearray:
         _, length = entry.block_span(index, manifest.block_size)
         expected = entry.block_hashes[index]
@@ -100,32 +107,75 @@ class FetchChain:
         if data is not None:
             self.stats.got("local", length, time.monotonic() - start)
             return data
+        tiers = [t for t in self.tiers if via_peers or not getattr(t, "is_peer", False)]
+        raw = await self._remote(tiers, manifest, entry, index, length, expected)
+        await in_thread(self._store, key, raw, limiter=self.io_limiter)
+        return raw
+
+    async def _remote(
+        self, tiers: Sequence[Tier], manifest: Manifest, entry: FileEntry, index: int,
+        length: int, expected: bytes,
+    ) -> bytes | bytearray:
+        """Try ``tiers`` in order; a failure starts the next one, so does a slow hedged tier."""
         errors: list[str] = []
-        for tier in self.tiers:
-            start = time.monotonic()
-            try:
-                with trio.fail_after(self.timeout_s):
-                    raw = await tier.fetch(manifest, entry, index)
-            except trio.TooSlowError:
-                self.stats.failed(tier.name, "timeout")
-                errors.append(f"{tier.name}: timed out after {self.timeout_s:g}s")
-                continue
-            except (BlockUnavailable, SourceError) as exc:
-                self.stats.failed(tier.name, type(exc).__name__)
-                errors.append(f"{tier.name}: {exc}")
-                continue
-            if len(raw) != length or not await in_thread(digest_ok, raw, expected):
-                self.stats.bad_hash(tier.name)
-                tier.quarantine(manifest, entry, index)
-                log.warning("block %s from %s failed verification; skipping tier", key, tier.name)
-                errors.append(f"{tier.name}: bad bytes")
-                continue
-            self.stats.got(tier.name, length, time.monotonic() - start)
-            await in_thread(self._store, key, raw, limiter=self.io_limiter)
-            return raw
+        won: list[bytes | bytearray] = []
+        fatal: list[MxfsError] = []
+        async with trio.open_nursery() as nursery:
+            for tier in tiers:
+                moved_on = trio.Event()
+                nursery.start_soon(self._attempt, tier, manifest, entry, index, length, expected,
+                                   moved_on, won, errors, fatal, nursery.cancel_scope)
+                hedge = getattr(tier, "hedge_after", None)
+                with trio.move_on_after(hedge() if hedge is not None else math.inf) as waited:
+                    await moved_on.wait()
+                if waited.cancelled_caught and tier is not tiers[-1]:
+                    self.stats.hedged(tier.name)
+                    log.debug("block %d of %s: %s is slow, hedging to the next tier", index, entry.path, tier.name)
+        if fatal:  # not a tier failure (e.g. a bad request): surface it unwrapped
+            raise fatal[0]
+        if won:
+            return won[0]
         raise BlockUnavailable(
             f"block {index} of {manifest.name}/{entry.path} unavailable: " + "; ".join(errors or ["no tiers"])
         )
+
+    async def _attempt(
+        self, tier: Tier, manifest: Manifest, entry: FileEntry, index: int, length: int, expected: bytes,
+        moved_on: trio.Event, won: list[bytes | bytearray], errors: list[str], fatal: list[MxfsError],
+        scope: trio.CancelScope,
+    ) -> None:
+        """One tier's try; on success it records the bytes and cancels the other attempts."""
+        start = time.monotonic()
+        try:
+            with trio.fail_after(self.timeout_s):
+                raw = await tier.fetch(manifest, entry, index)
+        except trio.TooSlowError:
+            self.stats.failed(tier.name, "timeout")
+            errors.append(f"{tier.name}: timed out after {self.timeout_s:g}s")
+            moved_on.set()
+            return
+        except (BlockUnavailable, SourceError) as exc:
+            self.stats.failed(tier.name, type(exc).__name__)
+            errors.append(f"{tier.name}: {exc}")
+            moved_on.set()
+            return
+        except MxfsError as exc:
+            fatal.append(exc)
+            scope.cancel()
+            return
+        ok = len(raw) == length and (getattr(tier, "verifies", False) or await in_thread(digest_ok, raw, expected))
+        if not ok:
+            self.stats.bad_hash(tier.name)
+            tier.quarantine(manifest, entry, index)
+            log.warning("block %d of %s from %s failed verification; skipping tier", index, entry.path, tier.name)
+            errors.append(f"{tier.name}: bad bytes")
+            moved_on.set()
+            return
+        if won:
+            return
+        self.stats.got(tier.name, length, time.monotonic() - start)
+        won.append(raw)
+        scope.cancel()
 
     def _from_cache(self, key: BlockKey, length: int, expected: bytes) -> bytes | None:
         data = self.cache.read(key, length)

@@ -76,7 +76,9 @@ class BlockReader:
     def _readahead(self, handle: OpenFile, offset: int, last_block: int) -> None:
         if self._nursery is None or self.max_blocks == 0:
             return
-        if offset != handle.next_offset and offset != 0:
+        bs = handle.manifest.block_size
+        near = handle.next_offset - bs <= offset <= handle.next_offset + 2 * bs
+        if not near and offset != 0:  # a seek: restart the window
             handle.window = 0
             return
         handle.window = min(self.max_blocks, max(1, handle.window * 2))

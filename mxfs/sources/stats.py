@@ -17,6 +17,7 @@ class FetchStats:
         self.failures = Counter("mxfs_node_tier_failures", "failed block fetches", ["tier", "reason"], registry=r)
         self.corrupt = Counter("mxfs_node_corrupt_blocks", "blocks that failed their hash", ["tier"], registry=r)
         self.read_bytes = Counter("mxfs_node_read_bytes", "bytes returned to readers", registry=r)
+        self.hedges = Counter("mxfs_node_tier_hedges", "fetches hedged to the next tier", ["tier"], registry=r)
         self.cache_used = Gauge("mxfs_node_cache_bytes", "bytes in the local block cache", registry=r)
         self._lock = threading.Lock()
         self._bytes: dict[str, int] = defaultdict(int)
@@ -33,6 +34,9 @@ class FetchStats:
 
     def failed(self, tier: str, reason: str) -> None:
         self.failures.labels(tier, reason).inc()
+
+    def hedged(self, tier: str) -> None:
+        self.hedges.labels(tier).inc()
 
     def bad_hash(self, tier: str) -> None:
         self.corrupt.labels(tier).inc()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import subprocess
@@ -43,7 +44,7 @@ def test_one_tensor_moves_only_its_blocks(mxfs_mount):
     shard = sorted(mxfs_mount.model_dir.glob("*.safetensors"))[1]
     manifest_size = shard.stat().st_size
     with safe_open(str(mxfs_mount.origin_dir / shard.name), "np") as f:
-        name = [k for k in f.keys() if "mlp.up_proj" in k][0]
+        name = next(k for k in f if "mlp.up_proj" in k)
         want = f.get_tensor(name)
     before_bytes = mxfs_mount.server.metric("mxfs_server_bytes_served_total")
     with safe_open(str(shard), "np") as f:
@@ -116,10 +117,12 @@ def test_sixteen_concurrent_readers(mxfs_mount, origin_hashes):
 
 
 def test_read_only(mxfs_mount):
-    with pytest.raises(OSError):
-        open(mxfs_mount.model_dir / "config.json", "r+b")
-    with pytest.raises(OSError):
+    with pytest.raises(OSError) as info:
+        os.open(mxfs_mount.model_dir / "config.json", os.O_RDWR)
+    assert info.value.errno == errno.EROFS
+    with pytest.raises(OSError) as info:
         (mxfs_mount.model_dir / "new.txt").write_text("x")
+    assert info.value.errno == errno.EROFS
 
 
 def test_unknown_and_hostile_names(mxfs_mount):

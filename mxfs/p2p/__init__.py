@@ -1,0 +1,1 @@
+"""Peer-to-peer weight transfer: a registry of running sources and NIXL pulls between workers."""

@@ -1,0 +1,90 @@
+"""Reading blocks from other daemons: one lazily opened channel per peer address."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import grpc
+
+from mxfs.errors import BlockUnavailable, SourceError
+from mxfs.manifest.model import BlockKey
+from mxfs.peer.auth import call_metadata
+from mxfs.rpc import peer_pb2, peer_pb2_grpc
+from mxfs.rpc.channel import open_channel
+
+MAX_CHANNELS = 512
+
+
+class PeerBusy(BlockUnavailable):
+    """The peer refused because it is at its concurrency limit."""
+
+
+class PeerMiss(BlockUnavailable):
+    """The peer does not hold the block (any more)."""
+
+
+@dataclass(frozen=True)
+class PullThrough:
+    """Where a swarm owner fetches a block it does not hold yet."""
+
+    name: str
+    revision: str
+    path: str
+
+
+class PeerClients:
+    """Thread-safe pool of channels to peers, all calls carrying the cluster token."""
+
+    def __init__(self, token: str, node_id: str) -> None:
+        self.node_id = node_id
+        self._metadata = call_metadata(token)
+        self._lock = threading.Lock()
+        self._stubs: dict[str, tuple[grpc.Channel, peer_pb2_grpc.PeerBlocksStub]] = {}
+
+    def _stub(self, address: str) -> peer_pb2_grpc.PeerBlocksStub:
+        with self._lock:
+            hit = self._stubs.get(address)
+            if hit is None:
+                if len(self._stubs) >= MAX_CHANNELS:  # drop the oldest: peers come and go
+                    old = next(iter(self._stubs))
+                    self._stubs.pop(old)[0].close()
+                channel = open_channel(address)
+                hit = self._stubs[address] = (channel, peer_pb2_grpc.PeerBlocksStub(channel))
+            return hit[1]
+
+    def read_block(self, address: str, key: BlockKey, length: int, timeout_s: float,
+                   pull: PullThrough | None = None) -> bytearray:
+        """The peer's bytes of ``key`` (unverified: the caller checks the hash)."""
+        req = peer_pb2.PeerBlockRequest(
+            block=peer_pb2.BlockRef(sha256=key.sha256, block_size=key.block_size, index=key.index, length=length),
+            requester=self.node_id,
+        )
+        if pull is not None:
+            req.fetch, req.name, req.revision, req.path = True, pull.name, pull.revision, pull.path
+        buf = bytearray(length)
+        view = memoryview(buf)
+        got = 0
+        try:
+            for chunk in self._stub(address).ReadBlock(req, timeout=timeout_s, metadata=self._metadata):
+                if chunk.offset != got or got + len(chunk.data) > length:
+                    raise SourceError(f"peer {address} sent chunk at {chunk.offset}, expected {got}")
+                view[got : got + len(chunk.data)] = chunk.data
+                got += len(chunk.data)
+        except grpc.RpcError as exc:
+            code = exc.code() if hasattr(exc, "code") else None
+            detail = exc.details() if hasattr(exc, "details") else str(exc)
+            if code == grpc.StatusCode.NOT_FOUND:
+                raise PeerMiss(f"peer {address}: {detail}") from exc
+            if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                raise PeerBusy(f"peer {address} busy: {detail}") from exc
+            raise BlockUnavailable(f"peer {address}: {code.name if code else 'error'}: {detail}") from exc
+        if got != length:
+            raise BlockUnavailable(f"peer {address}: short block ({got} of {length} bytes)")
+        return buf
+
+    def close(self) -> None:
+        with self._lock:
+            for channel, _ in self._stubs.values():
+                channel.close()
+            self._stubs.clear()

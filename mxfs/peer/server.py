@@ -1,0 +1,103 @@
+"""The peer block service of a daemon: serves blocks from its own cache, nothing else.
+
+Lookups are by content address only (file sha256, block size, index) and go through the
+cache index, so no request can name a path. Bytes are served as stored: the reader
+verifies every block against its manifest (a corrupt cache is caught there and the
+serving node is quarantined). Concurrency is bounded by a fixed thread pool and
+``maximum_concurrent_rpcs`` (extra calls get RESOURCE_EXHAUSTED); memory by
+concurrency x block size. With ``fetch`` (swarm pull-through) a missing block is first
+fetched through the node's own chain, from the server only.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Iterator
+from concurrent import futures
+
+import grpc
+from prometheus_client import CollectorRegistry, Counter
+
+from mxfs.cache.blocks import BlockCache
+from mxfs.errors import MxfsError
+from mxfs.manifest.model import BlockKey
+from mxfs.peer.auth import token_required
+from mxfs.peer.client import PullThrough
+from mxfs.rpc import peer_pb2, peer_pb2_grpc
+from mxfs.rpc.channel import CHANNEL_OPTIONS
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1024 * 1024
+MAX_BLOCK = 64 * 1024 * 1024
+_SHA = re.compile(r"^[0-9a-f]{64}$")
+
+#: ``pull(key, length, PullThrough) -> bytes``: fetch a block through the node's chain (server only)
+Pull = Callable[[BlockKey, int, PullThrough], "bytes | bytearray"]
+
+
+def block_key(ref: peer_pb2.BlockRef) -> BlockKey:
+    """Validate a requested block address (raises ValueError)."""
+    bs = ref.block_size
+    if not _SHA.match(ref.sha256) or bs <= 0 or bs & (bs - 1) or bs > MAX_BLOCK:
+        raise ValueError("invalid block address")
+    if not 0 < ref.length <= bs:
+        raise ValueError("invalid block length")
+    return BlockKey(ref.sha256, bs, ref.index)
+
+
+class PeerBlockServicer(peer_pb2_grpc.PeerBlocksServicer):
+    def __init__(self, cache: BlockCache, token: str, pull: Pull | None,
+                 registry: CollectorRegistry | None = None) -> None:
+        self.cache = cache
+        self.token = token
+        self.pull = pull
+        r = registry or CollectorRegistry()
+        self.served = Counter("mxfs_node_peer_served_bytes", "block bytes served to peers", registry=r)
+        self.requests = Counter("mxfs_node_peer_requests", "peer block requests", ["result"], registry=r)
+
+    @token_required
+    def ReadBlock(self, request: peer_pb2.PeerBlockRequest, context: grpc.ServicerContext) -> Iterator[
+            peer_pb2.PeerChunk]:
+        try:
+            key = block_key(request.block)
+        except ValueError as exc:
+            self.requests.labels("invalid").inc()
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        length = request.block.length
+        data = self.cache.read(key, length)
+        if data is None and request.fetch and self.pull is not None:
+            try:
+                data = self.pull(key, length, PullThrough(request.name, request.revision, request.path))
+            except (MxfsError, ValueError) as exc:
+                self.requests.labels("pull_failed").inc()
+                context.abort(grpc.StatusCode.NOT_FOUND, f"pull-through of {key} failed: {exc}")
+            self.requests.labels("pulled").inc()
+        elif data is not None:
+            self.requests.labels("hit").inc()
+        if data is None:
+            self.requests.labels("miss").inc()
+            context.abort(grpc.StatusCode.NOT_FOUND, f"block {key} not held here")
+        view = memoryview(data)
+        for pos in range(0, len(view), CHUNK):
+            if not context.is_active():
+                return
+            part = view[pos : pos + CHUNK]
+            yield peer_pb2.PeerChunk(offset=pos, data=bytes(part))
+            self.served.inc(len(part))
+
+
+def serve(host: str, port: int, servicer: PeerBlockServicer, workers: int) -> grpc.Server:
+    """Start the peer service on ``host:port``; at most ``workers`` requests run at once."""
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mxfs-peer"),
+        options=CHANNEL_OPTIONS, maximum_concurrent_rpcs=workers * 2,
+    )
+    peer_pb2_grpc.add_PeerBlocksServicer_to_server(servicer, server)
+    bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if server.add_insecure_port(bind) == 0:
+        raise OSError(f"cannot listen for peers on {bind}")
+    server.start()
+    log.info("peer block service on %s (%d workers)", bind, workers)
+    return server

@@ -1,0 +1,202 @@
+"""Tier: blocks from other node daemons (the peer cache).
+
+For each block: ask the registry view who holds it, try those holders in a per-requester
+hash order (least loaded of the best two first); in swarm mode, when nobody holds it
+yet, ask the block's swarm owner to fetch it from the server and pass it on (or fetch it
+ourselves when we are the owner, by letting the chain fall through to the server).
+
+This tier verifies every block itself so that it knows exactly which peer lied: such a
+peer is quarantined (skipped) for ``quarantine_s``, and the next holder is tried. A peer
+that fails or times out is avoided for a few seconds. The chain hedges a slow peer
+fetch to the next tier after ``hedge_after()`` seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+
+import trio
+
+from mxfs.errors import BlockUnavailable, SourceError
+from mxfs.manifest.model import BlockKey, FileEntry, Manifest
+from mxfs.peer.client import PeerBusy, PeerClients, PeerMiss, PullThrough
+from mxfs.peer.holdings import Announcer
+from mxfs.peer.registry import PeerNode
+from mxfs.peer.swarm import owner, rank_holders, swarm_id
+from mxfs.peer.view import HolderView
+from mxfs.sources.chain import digest_ok
+from mxfs.sources.stats import FetchStats
+from mxfs.sources.threads import in_thread
+
+log = logging.getLogger(__name__)
+
+MAX_HOLDERS_TRIED = 3
+JOIN_WAIT_S = 2.0
+FAILED_PEER_AVOID_S = 5.0
+BUSY_PEER_AVOID_S = 1.0
+
+
+class PeerTier:
+    name = "peer"
+    #: the chain does not hash blocks from this tier again
+    verifies = True
+    #: pull-through requests from other peers skip this tier (no fetch loops)
+    is_peer = True
+
+    def __init__(
+        self, me: PeerNode, clients: PeerClients, view: HolderView, announcer: Announcer,
+        limiter: trio.CapacityLimiter, stats: FetchStats, *, timeout_s: float, hedge_min_s: float,
+        swarm: bool = True, gather_s: float = 0.5, quarantine_s: float = 600.0,
+    ) -> None:
+        self.me = me
+        self.clients = clients
+        self.view = view
+        self.announcer = announcer
+        self.limiter = limiter
+        self.stats = stats
+        self.timeout_s = timeout_s
+        self.read_timeout_s = min(timeout_s, 5.0)
+        self.hedge_min_s = hedge_min_s
+        self.swarm = swarm
+        self.gather_s = gather_s
+        self.quarantine_s = quarantine_s
+        self._inflight: dict[str, int] = defaultdict(int)
+        self._avoid: dict[str, tuple[float, str]] = {}   # node id -> (until, reason)
+        self._bytes_from: dict[str, int] = defaultdict(int)
+        self._addresses: dict[str, str] = {}
+        self._gates: dict[str, tuple[trio.Event, trio.Event]] = {}
+        self._ewma_s = 0.0
+
+    # -- the Tier interface ------------------------------------------------------------------
+
+    async def fetch(self, manifest: Manifest, entry: FileEntry, index: int) -> bytes | bytearray:
+        bs = manifest.block_size
+        key = entry.key(index, bs)
+        _, length = entry.block_span(index, bs)
+        expected = entry.block_hashes[index]
+        sw = swarm_id(manifest.name, manifest.revision) if self.swarm else ""
+        if sw:
+            await self._join(sw)
+        snap = await self.view.get(entry.sha256, bs, sw)
+        errors: list[str] = []
+        tried: set[str] = set()
+        holders = [h.node for h in snap.holders
+                   if index in h.blocks and h.node.node_id != self.me.node_id and self._usable(h.node.node_id)]
+        for peer in rank_holders(key, self.me.node_id, holders, self._load)[:MAX_HOLDERS_TRIED]:
+            tried.add(peer.node_id)
+            data = await self._attempt(peer, key, length, expected, None, errors)
+            if data is not None:
+                return data
+        if sw:
+            members = {m.node_id: m for m in snap.swarm if self._usable(m.node_id)}
+            members[self.me.node_id] = self.me
+            own = owner(key, list(members.values()))
+            if own is not None and own.node_id == self.me.node_id:
+                raise BlockUnavailable(f"swarm: {key} is this node's to fetch")
+            if own is not None and own.node_id not in tried:
+                pull = PullThrough(manifest.name, manifest.revision, entry.path)
+                data = await self._attempt(own, key, length, expected, pull, errors)
+                if data is not None:
+                    return data
+        raise BlockUnavailable("; ".join(errors) or f"no peer holds {key}")
+
+    def quarantine(self, manifest: Manifest, entry: FileEntry, index: int) -> None:
+        """Unused: this tier verifies blocks itself and quarantines the exact peer."""
+
+    def hedge_after(self) -> float:
+        """Seconds before the chain also asks the next tier: a few times the usual peer latency."""
+        return min(self.timeout_s, max(self.hedge_min_s, 4 * self._ewma_s))
+
+    # -- internals ---------------------------------------------------------------------------
+
+    async def _join(self, sw: str) -> None:
+        """Join ``sw`` in the registry; the first fetch waits a moment for the fleet to gather."""
+        joined = self.announcer.touch_swarm(sw)
+        if joined.is_set():
+            return
+        gate = self._gates.get(sw)
+        if gate is not None and gate[0] is joined:
+            await gate[1].wait()
+            return
+        gate = self._gates[sw] = (joined, trio.Event())
+        try:
+            with trio.move_on_after(JOIN_WAIT_S):
+                await joined.wait()
+            await trio.sleep(self.gather_s)
+            self.view.invalidate(sw)
+        finally:
+            gate[1].set()
+
+    def _usable(self, node_id: str) -> bool:
+        hit = self._avoid.get(node_id)
+        if hit is None:
+            return True
+        if hit[0] <= time.monotonic():
+            del self._avoid[node_id]
+            return True
+        return False
+
+    def _load(self, node_id: str) -> int:
+        return self._inflight.get(node_id, 0)
+
+    def _avoid_for(self, node_id: str, seconds: float, reason: str) -> None:
+        self._avoid[node_id] = (time.monotonic() + seconds, reason)
+
+    async def _attempt(self, peer: PeerNode, key: BlockKey, length: int, expected: bytes,
+                       pull: PullThrough | None, errors: list[str]) -> bytes | bytearray | None:
+        self._addresses[peer.node_id] = peer.address
+        self._inflight[peer.node_id] += 1
+        start = time.monotonic()
+        try:
+            data = await in_thread(
+                self.clients.read_block, peer.address, key, length,
+                self.timeout_s if pull else self.read_timeout_s, pull, limiter=self.limiter, abandon=True,
+            )
+        except PeerMiss as exc:
+            self.stats.failed(self.name, "miss")
+            errors.append(str(exc))
+            return None
+        except PeerBusy as exc:
+            self.stats.failed(self.name, "busy")
+            self._avoid_for(peer.node_id, BUSY_PEER_AVOID_S, "busy")
+            errors.append(str(exc))
+            return None
+        except (BlockUnavailable, SourceError) as exc:
+            self.stats.failed(self.name, "error")
+            self._avoid_for(peer.node_id, FAILED_PEER_AVOID_S, "unreachable")
+            log.info("peer %s failed for %s (retrying elsewhere): %s", peer.node_id, key, exc)
+            errors.append(str(exc))
+            return None
+        finally:
+            self._inflight[peer.node_id] -= 1
+        if not await in_thread(digest_ok, data, expected):
+            self.stats.bad_hash(self.name)
+            self._avoid_for(peer.node_id, self.quarantine_s, "quarantined: served a corrupt block")
+            log.warning("peer %s (%s) served a corrupt block %s: quarantined for %gs",
+                        peer.node_id, peer.address, key, self.quarantine_s)
+            errors.append(f"peer {peer.node_id}: bad bytes")
+            return None
+        seconds = time.monotonic() - start
+        self._ewma_s = seconds if not self._ewma_s else 0.8 * self._ewma_s + 0.2 * seconds
+        self._bytes_from[peer.node_id] += length
+        return data
+
+    # -- status ------------------------------------------------------------------------------
+
+    def peer_lines(self) -> list[str]:
+        """One line per peer this node has talked to: bytes received, and why it is avoided."""
+        now = time.monotonic()
+        lines = []
+        for node_id in sorted(set(self._bytes_from) | set(self._avoid)):
+            line = f"{node_id} {self._addresses.get(node_id, '?')}: {self._bytes_from.get(node_id, 0)} bytes"
+            avoid = self._avoid.get(node_id)
+            if avoid is not None and avoid[0] > now:
+                line += f", {avoid[1]} ({avoid[0] - now:.0f}s left)"
+            lines.append(line)
+        return lines
+
+    def quarantined(self) -> list[str]:
+        now = time.monotonic()
+        return sorted(n for n, (until, why) in self._avoid.items() if until > now and why.startswith("quarantined"))
