@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import grpc
-from mxfs_csi.nodemount import NodeMount
-from mxfs_csi.status import rpc
 
 import mxfs
 from mxfs.rpc import csi_pb2, csi_pb2_grpc
+from mxfs_csi.nodemount import NodeMount
+from mxfs_csi.status import rpc
 
 
 class IdentityService(csi_pb2_grpc.IdentityServicer):

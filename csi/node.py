@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 
 import grpc
+
+from mxfs.rpc import csi_pb2, csi_pb2_grpc
 from mxfs_csi.nodemount import NodeMount
 from mxfs_csi.publisher import Publisher, canonical_target
 from mxfs_csi.status import (
@@ -15,8 +17,6 @@ from mxfs_csi.status import (
     rpc,
 )
 from mxfs_csi.volume import parse_volume_context
-
-from mxfs.rpc import csi_pb2, csi_pb2_grpc
 
 Mode = csi_pb2.VolumeCapability.AccessMode
 RpcType = csi_pb2.NodeServiceCapability.RPC

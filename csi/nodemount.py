@@ -5,11 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from mxfs.manifest.names import hub_folder, is_commit
 from mxfs_csi import mounts
 from mxfs_csi.status import CsiError, from_os_error, not_found, unavailable
 from mxfs_csi.volume import ModelVolume
-
-from mxfs.manifest.names import hub_folder, is_commit
 
 
 class NodeMount:

@@ -11,12 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+
+from mxfs.rpc import csi_pb2_grpc
 from mxfs_csi.identity import IdentityService
 from mxfs_csi.node import NodeService
 from mxfs_csi.nodemount import NodeMount
 from mxfs_csi.publisher import Publisher
-
-from mxfs.rpc import csi_pb2_grpc
 
 log = logging.getLogger(__name__)
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from mxfs_csi.status import invalid_argument
-
 from mxfs.manifest.names import validate_name, validate_revision
+from mxfs_csi.status import invalid_argument
 
 # Volume context keys (set in a PV's csi.volumeAttributes or an inline volume's
 # volumeAttributes). Keys kubelet adds itself (csi.storage.k8s.io/*) are ignored.

@@ -11,8 +11,6 @@ from pathlib import Path
 
 import pyfuse3
 import trio
-from mxfs_daemon import control, mountpoint
-from mxfs_daemon.prefetch import Prefetcher, PrefetchJob
 from prometheus_client import start_http_server
 
 from mxfs import __version__
@@ -21,7 +19,9 @@ from mxfs.cache.memory import HotBlocks
 from mxfs.config import MountConfig
 from mxfs.fuse.ops import MxfsOperations
 from mxfs.fuse.tree import Tree
+from mxfs.manifest.model import Manifest
 from mxfs.manifest.names import ModelRef, parse_model_ref
+from mxfs.peer.service import PeerCache
 from mxfs.rpc import node_pb2
 from mxfs.rpc.client import MxfsClient
 from mxfs.sources.chain import FetchChain
@@ -30,6 +30,8 @@ from mxfs.sources.resolver import ManifestResolver
 from mxfs.sources.server import ServerTier
 from mxfs.sources.stats import FetchStats
 from mxfs.sources.threads import in_thread
+from mxfs_daemon import control, mountpoint
+from mxfs_daemon.prefetch import Prefetcher, PrefetchJob
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +64,9 @@ class NodeDaemon:
         self.client = MxfsClient(config.server, timeout_s=config.fetch_timeout)
         self.rpc_limiter = trio.CapacityLimiter(config.fetch_workers)
         self.io_limiter = trio.CapacityLimiter(config.fetch_workers)
-        self.tiers = [ServerTier(self.client, self.rpc_limiter, config.fetch_timeout)]
+        self.peers = PeerCache(config, self.cache_dir, self.cache, self.stats) if config.peer_port else None
+        self.tiers = [*([self.peers.tier] if self.peers else []),
+                      ServerTier(self.client, self.rpc_limiter, config.fetch_timeout)]
         self.chain = FetchChain(self.cache, self.tiers, self.stats, HotBlocks(HOT_BLOCKS_BYTES),
                                 self.io_limiter, config.fetch_timeout)
         self.resolver = ManifestResolver(self.client, self.cache_dir, self.rpc_limiter)
@@ -96,13 +100,17 @@ class NodeDaemon:
         reply = node_pb2.NodeStatus(
             mountpoint=str(self.mountpoint), server=self.config.server,
             cache_bytes=self.cache.used, cache_limit=self.cache.limit,
-            bytes_by_tier=snap["bytes"],
+            bytes_by_tier=snap["bytes"], peers=self.peers.status_lines() if self.peers else [],
         )
         for manifest in self.tree.manifests():
             cached = sum(self.cache.cached_bytes(e, manifest.block_size) for e in manifest.files)
             reply.models.add(name=manifest.name, revision=manifest.revision,
                              total_bytes=manifest.total_size, cached_bytes=cached)
         return reply
+
+    def _mounted_manifest(self, name: str, revision: str) -> Manifest | None:
+        """A manifest this node has mounted (peers may ask it to pull-through only those)."""
+        return next((m for m in self.tree.manifests() if m.name == name and m.revision == revision), None)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -139,11 +147,15 @@ class NodeDaemon:
                 nursery.start_soon(self._housekeeping)
                 nursery.start_soon(in_thread, mountpoint.tune, self.mountpoint)
                 nursery.start_soon(self._preload)
+                if self.peers is not None:
+                    self.peers.start(nursery, self.chain, self._mounted_manifest)
                 await pyfuse3.main()
                 nursery.cancel_scope.cancel()
         finally:
             ctl.stop(0)
             self.socket.unlink(missing_ok=True)
+            if self.peers is not None:
+                await trio.to_thread.run_sync(self.peers.stop)
 
     def run(self) -> int:
         mountpoint.recover_stale(self.mountpoint)

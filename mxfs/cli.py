@@ -12,6 +12,7 @@ from pathlib import Path
 
 from mxfs import __version__, envs
 from mxfs.config import ConfigError, MountConfig, ServerConfig, add_config_args, default_yaml, load, parse_size
+from mxfs.download import cli as download_cli
 from mxfs.errors import MxfsError
 
 log = logging.getLogger("mxfs")
@@ -43,7 +44,7 @@ def cmd_server(args: argparse.Namespace) -> int:
     from mxfs.server import app
 
     cfg = _config_from(args, ServerConfig, "server",
-                       ["host", "port", "cache_dir", "models_dir", "block_size", "metrics_port",
+                       ["host", "port", "cache_dir", "models_dir", "block_size", "metrics_port", "data_port",
                         "log_level", "max_workers", "peer_token", "holder_ttl", "origins", "model_uris",
                         "max_models", "max_unused_s", "min_free_bytes", "metadata_backend", "redis_url"])
     logs.setup(cfg.log_level)
@@ -58,6 +59,7 @@ def add_server(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--models-dir", help="local origin: DIR/<org>/<name>/ is a model")
     p.add_argument("--block-size", type=parse_size, help="manifest block size, e.g. 4MiB")
     p.add_argument("--metrics-port", type=int, help="Prometheus port (0 = off, default 9091)")
+    p.add_argument("--data-port", type=int, help="HTTP port for bulk block ranges (0 = off, default 8002)")
     p.add_argument("--max-workers", type=int, help="gRPC worker threads")
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING, ...")
     p.add_argument("--peer-token", help="cluster token: enables the block-holder registry ($MXFS_PEER_TOKEN)")
@@ -209,6 +211,7 @@ def add_demo(sub: argparse._SubParsersAction) -> None:
 
 REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_server, add_mount, add_umount, add_client_commands, add_node_commands, add_demo,
+    download_cli.register,
 ]
 
 

@@ -38,6 +38,7 @@ class ServerConfig:
     chunk_size: int = _opt(1024 * 1024, "default stream chunk size in bytes")
     max_workers: int = _opt(32, "gRPC worker threads")
     metrics_port: int = _opt(9091, "Prometheus metrics port (0 disables)")
+    data_port: int = _opt(8002, "HTTP port for bulk block ranges (0 disables; gRPC ReadRange still works)")
     log_level: str = _opt("INFO", "log level", ("MODEL_EXPRESS_LOG_LEVEL",))
     peer_token: str = _opt("", "cluster token of the block-holder registry (empty = peer cache off)",
                            ("MXFS_PEER_TOKEN",))
@@ -55,6 +56,7 @@ class ServerConfig:
 
     def validate(self) -> None:
         _check_port(self.port, "port")
+        _check_port(self.data_port, "data_port", allow_zero=True)
         if not 1.0 <= self.holder_ttl <= 3600:
             raise ConfigError("holder_ttl must be between 1 and 3600 seconds")
         if self.origin_workers < 1:

@@ -52,6 +52,7 @@ def run_demo(workdir: Path, size: int, check: bool = False) -> int:
     cmd = [sys.executable, "-m", "mxfs"]
     server = subprocess.Popen(
         [*cmd, "server", "--host", "127.0.0.1", "--port", str(port), "--metrics-port", "0",
+         "--data-port", str(free_port()),
          "--cache-dir", str(workdir / "server-cache"), "--models-dir", str(workdir / "origin")],
         env=env, stdout=(workdir / "server.log").open("w"), stderr=subprocess.STDOUT,
     )

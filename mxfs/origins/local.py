@@ -57,6 +57,11 @@ class LocalOrigin:
             raise ModelNotFound(f"revision {revision!r} of {name} not found (local origin has only main)")
         return manifest
 
+    def local_file(self, manifest: Manifest, path: str) -> Path:
+        """The origin file itself, for zero-copy serving (``sendfile``)."""
+        manifest.file(validate_relpath(path))
+        return self._dir(manifest.name) / path
+
     def read_range(self, manifest: Manifest, path: str, offset: int, length: int) -> bytes:
         entry = manifest.file(validate_relpath(path))
         if offset < 0 or length < 0 or offset + length > entry.size:

@@ -100,17 +100,16 @@ class S3Store:
         return out
 
     def dirs(self, prefix: str) -> list[str]:
-        out = []
-        with self._errors(f"listing s3://{self.bucket}/{prefix}"):
-            for page in self._s3.get_paginator("list_objects_v2").paginate(
-                Bucket=self.bucket, Prefix=prefix, Delimiter="/"
-            ):
-                out += [p["Prefix"] for p in page.get("CommonPrefixes", [])]
-        return out
+        # derived from a plain listing: some S3-compatible servers ignore Delimiter
+        return sorted({prefix + key[len(prefix):].split("/", 1)[0] + "/"
+                       for key, _, _ in self.list(prefix) if "/" in key[len(prefix):]})
 
     def any(self, prefix: str) -> bool:
+        # first page only (no MaxKeys: some S3-compatible servers fail on truncated listings)
         with self._errors(f"listing s3://{self.bucket}/{prefix}"):
-            return bool(self._s3.list_objects_v2(Bucket=self.bucket, Prefix=prefix, MaxKeys=1).get("KeyCount"))
+            for page in self._s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+                return bool(page.get("Contents"))
+        return False
 
     def get_range(self, key: str, offset: int, length: int, etag: str) -> bytes:
         what = f"s3://{self.bucket}/{key}@{offset}+{length}"

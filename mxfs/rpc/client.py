@@ -88,6 +88,16 @@ class MxfsClient:
             raise translate_rpc_error(exc, "health") from exc
         return Health(r.version, r.status, r.uptime)
 
+    def data_port(self) -> int:
+        """Port of the server's HTTP data plane (0 when it has none)."""
+        stub, _ = self._stubs()
+        try:
+            return stub.GetServerInfo(mxfs_pb2.ServerInfoRequest(), timeout=self.timeout_s).data_port
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+                return 0
+            raise translate_rpc_error(exc, "server info") from exc
+
     def get_manifest(self, name: str, revision: str = "") -> Manifest:
         stub, _ = self._stubs()
         try:

@@ -22,6 +22,7 @@ from mxfs.rpc import model_express_health_pb2_grpc
 from mxfs.rpc.channel import CHANNEL_OPTIONS
 from mxfs.server import holders, modelexpress
 from mxfs.server.catalog import ModelCatalog
+from mxfs.server.datahttp import RangeServer
 from mxfs.server.metrics import ServerMetrics
 from mxfs.server.model_cache import build_remote_origins
 from mxfs.server.service import HealthServicer, MxfsServicer, add_to_server
@@ -66,7 +67,8 @@ class Server:
             options=CHANNEL_OPTIONS,
         )
         self.ctx = ServerContext(config, state_dir, self.catalog, self.metrics, self.grpc_server)
-        add_to_server(MxfsServicer(self.catalog, self.metrics, config.chunk_size), self.grpc_server)
+        self.servicer = MxfsServicer(self.catalog, self.metrics, config.chunk_size)
+        add_to_server(self.servicer, self.grpc_server)
         model_express_health_pb2_grpc.add_HealthServiceServicer_to_server(HealthServicer(), self.grpc_server)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
@@ -76,6 +78,12 @@ class Server:
         self.metrics_port = 0
 
     def start(self) -> None:
+        if self.config.data_port:
+            data = RangeServer(self.config.host, self.config.data_port, self.catalog, self.metrics,
+                               self.config.chunk_size)
+            data.start()
+            self.servicer.data_port = data.server_address[1]
+            self.ctx.on_stop.append(data.stop)
         self.port = self.grpc_server.add_insecure_port(f"{self.config.host}:{self.config.port}")
         if self.port == 0:
             raise OSError(f"cannot listen on {self.config.host}:{self.config.port}")
@@ -87,8 +95,8 @@ class Server:
             self.metrics_port = httpd.server_port
             self.ctx.on_stop.append(httpd.shutdown)
         self.health.set("", health_pb2.HealthCheckResponse.SERVING)
-        log.info("mxfs server listening on %s:%d (metrics %s), origins: %s", self.config.host,
-                 self.port, self.metrics_port or "off", [o.label for o in self.catalog.origins] or "none")
+        log.info("mxfs server listening on %s:%d (data %s, metrics %s), origins: %s", self.config.host,
+                 self.port, self.servicer.data_port or "off", self.metrics_port or "off", [o.label for o in self.catalog.origins] or "none")
 
     def stop(self, grace: float = 5.0) -> None:
         self.health.enter_graceful_shutdown()

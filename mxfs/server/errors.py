@@ -34,6 +34,19 @@ STATUS_OF: list[tuple[type[BaseException], grpc.StatusCode]] = [
 ]
 
 
+HTTP_OF: dict[grpc.StatusCode, int] = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.FAILED_PRECONDITION: 412,
+    grpc.StatusCode.UNAVAILABLE: 503,
+}
+
+
+def http_status_of(exc: BaseException) -> int:
+    """The HTTP status of an error on the bulk data plane (same mapping as gRPC)."""
+    return HTTP_OF.get(status_of(exc), 500)
+
+
 def status_of(exc: BaseException) -> grpc.StatusCode:
     for kind, code in STATUS_OF:
         if isinstance(exc, kind):

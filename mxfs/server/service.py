@@ -30,12 +30,19 @@ class MxfsServicer:
         self.catalog = catalog
         self.metrics = metrics
         self.chunk_size = chunk_size
+        self.data_port = 0  # set once the HTTP data plane listens
 
     @rpc("GetManifest")
     def GetManifest(self, request: mxfs_pb2.ModelRequest, context: grpc.ServicerContext) -> mxfs_pb2.Manifest:
         manifest = self.catalog.resolve(request.name, request.revision)
         self.metrics.models.set(len(self.catalog.known()))
         return manifest_to_pb(manifest)
+
+    @rpc("GetServerInfo")
+    def GetServerInfo(
+        self, request: mxfs_pb2.ServerInfoRequest, context: grpc.ServicerContext
+    ) -> mxfs_pb2.ServerInfo:
+        return mxfs_pb2.ServerInfo(version=mxfs.__version__, data_port=self.data_port)
 
     @rpc("ListModels")
     def ListModels(
@@ -88,6 +95,9 @@ def add_to_server(servicer: MxfsServicer, server: grpc.Server) -> None:
         "ReadRange": grpc.unary_stream_rpc_method_handler(
             servicer.ReadRange, request_deserializer=req.RangeRequest.FromString,
             response_serializer=encode_chunk),
+        "GetServerInfo": grpc.unary_unary_rpc_method_handler(
+            servicer.GetServerInfo, request_deserializer=req.ServerInfoRequest.FromString,
+            response_serializer=req.ServerInfo.SerializeToString),
         "ListModels": grpc.unary_unary_rpc_method_handler(
             servicer.ListModels, request_deserializer=req.ListModelsRequest.FromString,
             response_serializer=req.ListModelsReply.SerializeToString),

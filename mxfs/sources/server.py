@@ -1,16 +1,25 @@
-"""Tier: block ranges from the mxfs server over gRPC."""
+"""Tier: block ranges from the mxfs server, over its HTTP data plane when it has one
+(zero-copy on the server side), else over gRPC ``ReadRange``."""
 
 from __future__ import annotations
 
+import logging
+import threading
+
 import trio
 
+from mxfs.errors import BlockUnavailable
 from mxfs.manifest.model import FileEntry, Manifest
+from mxfs.rpc.channel import normalize_address
 from mxfs.rpc.client import MxfsClient
+from mxfs.rpc.http_range import HttpRangeClient
 from mxfs.sources.threads import in_thread
+
+log = logging.getLogger(__name__)
 
 
 class ServerTier:
-    """Reads one block with a ReadRange stream, in a worker thread, bounded by a deadline."""
+    """Reads one block in a worker thread, bounded by a deadline."""
 
     name = "server"
 
@@ -18,13 +27,35 @@ class ServerTier:
         self.client = client
         self.limiter = limiter
         self.timeout_s = timeout_s
+        self._http: HttpRangeClient | None = None
+        self._probed = False
+        self._lock = threading.Lock()
+
+    def _data_plane(self) -> HttpRangeClient | None:
+        with self._lock:
+            if not self._probed:
+                address = normalize_address(self.client.address)
+                port = self.client.data_port()  # raises BlockUnavailable while the server is away
+                self._probed = True
+                if port and not address.startswith("unix:"):
+                    host = address.rsplit(":", 1)[0].strip("[]")
+                    self._http = HttpRangeClient(host, port, self.timeout_s)
+                    log.info("server data plane at %s:%d", host, port)
+            return self._http
+
+    def _read(self, manifest: Manifest, path: str, offset: int, length: int) -> bytearray:
+        http = self._data_plane()
+        if http is not None:
+            try:
+                return http.read_range(manifest.name, manifest.revision, path, offset, length)
+            except BlockUnavailable as exc:
+                log.debug("data plane failed (%s); using gRPC", exc)
+        return self.client.read_range(manifest.name, manifest.revision, path, offset, length, self.timeout_s)
 
     async def fetch(self, manifest: Manifest, entry: FileEntry, index: int) -> bytearray:
         offset, length = entry.block_span(index, manifest.block_size)
-        return await in_thread(
-            self.client.read_range, manifest.name, manifest.revision, entry.path, offset, length,
-            self.timeout_s, limiter=self.limiter, abandon=True,
-        )
+        return await in_thread(self._read, manifest, entry.path, offset, length,
+                               limiter=self.limiter, abandon=True)
 
     def quarantine(self, manifest: Manifest, entry: FileEntry, index: int) -> None:
         """The server is the last tier; a bad block from it is only logged by the chain."""

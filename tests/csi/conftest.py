@@ -13,9 +13,9 @@ from pathlib import Path
 
 import grpc
 import pytest
-from mxfs_csi.server import CsiConfig, build_server
 
 from mxfs.rpc import csi_pb2_grpc
+from mxfs_csi.server import CsiConfig, build_server
 from tests.csi.csi_fixtures import (
     COMMIT,
     DRIVER,

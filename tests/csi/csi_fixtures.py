@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mxfs_csi import mounts
 
 from mxfs.rpc import csi_pb2, csi_pb2_grpc
+from mxfs_csi import mounts
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 DRIVER = "csi.test.mxfs.io"

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import grpc
 import pytest
-from mxfs_csi.server import CsiConfig, build_server
 
 import mxfs
 from mxfs.rpc import csi_pb2, csi_pb2_grpc
+from mxfs_csi.server import CsiConfig, build_server
 from tests.csi.csi_fixtures import DRIVER, Csi, mount_dead_fuse, unmount_everything_under
 
 

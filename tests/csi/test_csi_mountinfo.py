@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
+from mxfs.errors import InvalidModelName
 from mxfs_csi import mounts
 from mxfs_csi.status import CsiError
 from mxfs_csi.volume import ModelVolume, parse_volume_context
-
-from mxfs.errors import InvalidModelName
 from tests.csi.csi_fixtures import unmount_everything_under
 
 SAMPLE = (

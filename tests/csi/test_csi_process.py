@@ -11,10 +11,10 @@ import time
 from pathlib import Path
 
 import grpc
-from mxfs_csi import DEFAULT_DRIVER_NAME, cli
 
 from mxfs.cli import build_parser
 from mxfs.rpc import csi_pb2, csi_pb2_grpc
+from mxfs_csi import DEFAULT_DRIVER_NAME, cli
 from tests.csi.csi_fixtures import NodeMountFixture
 
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import grpc
 import pytest
-from mxfs_csi import mounts
 
 from mxfs.rpc import csi_pb2
+from mxfs_csi import mounts
 from tests.csi.csi_fixtures import (
     NODE_ID,
     Csi,

@@ -11,6 +11,7 @@ import helm_python
 import kubernetes_validate
 import pytest
 import yaml
+
 from mxfs_csi import DEFAULT_DRIVER_NAME
 from mxfs_csi.volume import parse_volume_context
 

@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
-from mxfs_daemon import mountpoint as mounts
 
 from mxfs import nodectl
 from mxfs.modelgen import ModelShape, generate_model
+from mxfs_daemon import mountpoint as mounts
 from tests.conftest import BLOCK_SIZE, MODEL, sha256_file
 
 

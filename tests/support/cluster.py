@@ -31,6 +31,7 @@ class ServerProc:
     block_size: int = 256 * 1024
     port: int = field(default_factory=free_port)
     metrics_port: int = field(default_factory=free_port)
+    data_port: int = field(default_factory=free_port)
     proc: subprocess.Popen | None = None
     log_path: Path | None = None
 
@@ -42,7 +43,8 @@ class ServerProc:
         self.log_path = self.cache_dir.parent / f"server-{self.port}.log"
         self.proc = subprocess.Popen(
             [*PYTHON, "server", "--host", "127.0.0.1", "--port", str(self.port),
-             "--metrics-port", str(self.metrics_port), "--cache-dir", str(self.cache_dir),
+             "--metrics-port", str(self.metrics_port), "--data-port", str(self.data_port),
+             "--cache-dir", str(self.cache_dir),
              "--models-dir", str(self.models_dir), "--block-size", str(self.block_size)],
             env=_env(), stdout=self.log_path.open("a"), stderr=subprocess.STDOUT,
         )

@@ -1,0 +1,204 @@
+"""Download a model from the server into an HF-layout cache: verified, resumable, atomic.
+
+Layout (what ``huggingface_hub`` and vLLM read with ``HF_HUB_OFFLINE=1``)::
+
+    <cache>/models--org--name/blobs/<sha256>           complete, verified file contents
+    <cache>/models--org--name/blobs/<sha256>.incomplete a download in progress (resumed)
+    <cache>/models--org--name/snapshots/<commit>/<path> -> ../../blobs/<sha256>
+    <cache>/models--org--name/refs/<branch>             <commit>
+
+Whole files come through ModelExpress ``StreamModelFiles``; an interrupted file resumes
+from its ``.incomplete`` length through ``ReadRange``. A blob is published (renamed) only
+after its sha256 matches the manifest, and the snapshot directory appears only once
+every file is there, so no partial model is ever visible.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+
+from mxfs.errors import IntegrityError, ModelNotFound, SourceError
+from mxfs.manifest.model import FileEntry, Manifest
+from mxfs.manifest.names import DEFAULT_REVISION, hub_folder, is_commit, validate_relpath
+from mxfs.rpc import model_express_model_pb2 as pb
+from mxfs.rpc import model_express_model_pb2_grpc as pb_grpc
+from mxfs.rpc.channel import open_channel
+from mxfs.rpc.client import MxfsClient, translate_rpc_error
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int], None]
+
+
+def ensure_on_server(address: str, name: str, revision: str = "", timeout_s: float = 3600,
+                     on_status: Callable[[str], None] | None = None) -> str:
+    """Shared-storage mode: ask the server to hydrate the model; returns the resolved revision."""
+    channel = open_channel(address)
+    try:
+        req = pb.ModelDownloadRequest(model_name=name)
+        if revision:
+            req.revision = revision
+        last = None
+        for up in pb_grpc.ModelServiceStub(channel).EnsureModelDownloaded(req, timeout=timeout_s):
+            last = up
+            if on_status:
+                on_status(f"{pb.ModelStatus.Name(up.status)}: {up.message}")
+        if last is None or last.status != pb.DOWNLOADED:
+            raise ModelNotFound(last.message if last is not None else f"no status for {name}")
+        return last.resolved_revision
+    except grpc.RpcError as exc:
+        raise translate_rpc_error(exc, f"ensure {name}") from exc
+    finally:
+        channel.close()
+
+
+class HubCacheWriter:
+    """Blob files of one model repo in an HF-layout cache."""
+
+    def __init__(self, cache_dir: Path, name: str) -> None:
+        self.repo = Path(cache_dir) / hub_folder(name)
+        self.blobs = self.repo / "blobs"
+        self.blobs.mkdir(parents=True, exist_ok=True)
+
+    def blob(self, f: FileEntry) -> Path:
+        return self.blobs / f.sha256
+
+    def partial(self, f: FileEntry) -> Path:
+        return self.blobs / f"{f.sha256}.incomplete"
+
+    def have(self, f: FileEntry) -> bool:
+        try:
+            return self.blob(f).stat().st_size == f.size
+        except OSError:
+            return False
+
+    def resumable(self, f: FileEntry) -> int:
+        try:
+            n = self.partial(f).stat().st_size
+        except OSError:
+            return 0
+        if n > f.size:
+            self.partial(f).unlink()
+            return 0
+        return n
+
+    def finish(self, f: FileEntry) -> None:
+        """Verify the partial file and publish it as the blob (atomic rename)."""
+        part = self.partial(f)
+        h = hashlib.sha256()
+        with open(part, "rb") as fh:
+            while chunk := fh.read(8 << 20):
+                h.update(chunk)
+            os.fsync(fh.fileno())
+        if h.hexdigest() != f.sha256 or part.stat().st_size != f.size:
+            part.unlink()
+            raise IntegrityError(f"{f.path}: downloaded bytes do not match the manifest (sha256 {h.hexdigest()})")
+        os.replace(part, self.blob(f))
+
+    def publish(self, manifest: Manifest, ref: str) -> Path:
+        """Create ``snapshots/<rev>`` (all links at once) and point ``refs/<ref>`` at it."""
+        snaps = self.repo / "snapshots"
+        final = snaps / manifest.revision
+        snaps.mkdir(parents=True, exist_ok=True)
+        target = final if final.is_dir() else snaps / f".{manifest.revision}.{os.getpid()}.tmp"
+        for f in manifest.files:
+            link = target / validate_relpath(f.path)
+            link.parent.mkdir(parents=True, exist_ok=True)
+            rel = os.path.relpath(self.blob(f), link.parent)
+            tmp = link.with_name(f".{link.name}.{os.getpid()}.lnk")
+            tmp.unlink(missing_ok=True)
+            os.symlink(rel, tmp)
+            os.replace(tmp, link)
+        if target != final:
+            try:
+                os.rename(target, final)
+            except OSError:  # another downloader published it first
+                shutil.rmtree(target, ignore_errors=True)
+        if ref and not is_commit(ref):
+            refs = self.repo / "refs" / ref
+            refs.parent.mkdir(parents=True, exist_ok=True)
+            tmp = refs.with_name(f".{refs.name}.{os.getpid()}.tmp")
+            tmp.write_text(manifest.revision)
+            os.replace(tmp, refs)
+        return final
+
+
+def download_model(address: str, name: str, revision: str, cache_dir: Path,
+                   progress: Callable[[int, int], Progress] | None = None, timeout_s: float = 3600) -> Path:
+    """Stream ``name@revision`` into ``cache_dir`` (HF layout); returns the snapshot directory."""
+    client = MxfsClient(address, timeout_s=60)
+    try:
+        manifest = client.get_manifest(name, revision)
+        writer = HubCacheWriter(cache_dir, name)
+        todo = [f for f in manifest.files if not writer.have(f)]
+        done_bytes = manifest.total_size - sum(f.size for f in todo)
+        advance = progress(manifest.total_size, done_bytes) if progress else (lambda _n: None)
+        fresh = []
+        for f in todo:
+            have = writer.resumable(f)
+            if have:
+                log.info("resuming %s at %d of %d bytes", f.path, have, f.size)
+                advance(have)
+                _resume(client, manifest, f, writer, have, advance, timeout_s)
+            else:
+                fresh.append(f)
+        if fresh:
+            _stream(address, manifest, fresh, writer, advance, timeout_s)
+        return writer.publish(manifest, revision or DEFAULT_REVISION)
+    finally:
+        client.close()
+
+
+def _resume(client: MxfsClient, manifest: Manifest, f: FileEntry, writer: HubCacheWriter, have: int,
+            advance: Progress, timeout_s: float) -> None:
+    with open(writer.partial(f), "ab") as out:
+        for offset, data in client.iter_range(manifest.name, manifest.revision, f.path, have, f.size - have,
+                                              timeout_s):
+            if offset != out.tell():
+                raise SourceError(f"server sent {f.path} at {offset}, expected {out.tell()}")
+            out.write(data)
+            advance(len(data))
+    writer.finish(f)
+
+
+def _stream(address: str, manifest: Manifest, files: list[FileEntry], writer: HubCacheWriter,
+            advance: Progress, timeout_s: float) -> None:
+    by_path = {f.path: f for f in files}
+    req = pb.ModelFilesRequest(model_name=manifest.name, revision=manifest.revision,
+                               file_selector=pb.ModelFileSelector(paths=list(by_path)))
+    channel = open_channel(address)
+    out = None
+    current: FileEntry | None = None
+    try:
+        for chunk in pb_grpc.ModelServiceStub(channel).StreamModelFiles(req, timeout=timeout_s):
+            f = by_path.get(chunk.relative_path)
+            if f is None:
+                raise SourceError(f"server streamed {chunk.relative_path!r}, which was not asked for")
+            if f is not current:
+                if out is not None:
+                    raise SourceError(f"server moved to {f.path} before finishing {current.path}")
+                out, current = open(writer.partial(f), "wb"), f  # noqa: SIM115 - spans chunks
+            if chunk.offset != out.tell():
+                raise SourceError(f"server sent {f.path} at {chunk.offset}, expected {out.tell()}")
+            out.write(chunk.data)
+            advance(len(chunk.data))
+            if chunk.is_last_chunk:
+                out.close()
+                out, current = None, None
+                writer.finish(f)
+                del by_path[f.path]
+    except grpc.RpcError as exc:
+        raise translate_rpc_error(exc, f"stream {manifest.name}") from exc
+    finally:
+        if out is not None:
+            out.close()  # keep the .incomplete file: the next run resumes it
+        channel.close()
+    if by_path:
+        raise SourceError(f"stream ended before {', '.join(sorted(by_path))}")

@@ -1,0 +1,62 @@
+"""Client of the server's bulk data plane (``GET /v1/range``): one keep-alive connection
+per thread, bodies read straight into a preallocated buffer."""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import threading
+from urllib.parse import urlencode
+
+from mxfs.errors import BlockUnavailable, InvalidModelName, ManifestError, ModelNotFound
+
+_ERRORS: dict[int, type[Exception]] = {400: InvalidModelName, 404: ModelNotFound, 412: ManifestError}
+
+
+class HttpRangeClient:
+    def __init__(self, host: str, port: int, timeout_s: float) -> None:
+        self.host, self.port, self.timeout_s = host, port, timeout_s
+        self._local = threading.local()
+
+    def _conn(self) -> http.client.HTTPConnection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout_s)
+        return conn
+
+    def _drop(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    def read_range(self, name: str, revision: str, path: str, offset: int, length: int) -> bytearray:
+        query = urlencode({"model": name, "revision": revision, "path": path, "offset": offset, "length": length})
+        buf = bytearray(length)
+        view = memoryview(buf)
+        for attempt in (0, 1):  # a keep-alive connection the server closed: retry once on a new one
+            conn = self._conn()
+            try:
+                conn.request("GET", f"/v1/range?{query}")
+                resp = conn.getresponse()
+                if resp.status != 200:
+                    message = resp.read().decode(errors="replace")
+                    raise _ERRORS.get(resp.status, BlockUnavailable)(f"data plane {resp.status}: {message}")
+                got = 0
+                while got < length:
+                    n = resp.readinto(view[got:])
+                    if not n:
+                        break
+                    got += n
+                if got != length or resp.read(1):
+                    self._drop()
+                    raise BlockUnavailable(f"short body for {path}@{offset}: {got} of {length} bytes")
+                return buf
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
+                self._drop()
+                if attempt:
+                    raise BlockUnavailable(f"data plane {self.host}:{self.port}: {exc}") from exc
+            except (OSError, http.client.HTTPException, socket.timeout) as exc:
+                self._drop()
+                raise BlockUnavailable(f"data plane {self.host}:{self.port}: {exc}") from exc
+        raise AssertionError("unreachable")

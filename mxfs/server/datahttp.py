@@ -1,0 +1,120 @@
+"""Bulk data plane: the same verified-manifest byte ranges as ``ReadRange``, over HTTP/1.1.
+
+gRPC in Python copies every block several times; here the server answers
+``GET /v1/range?model=ORG/NAME&revision=REV&path=P&offset=N&length=M`` with ``sendfile``
+straight from the origin file (or from bytes when the origin has no local file), on
+keep-alive connections. Manifests and all control calls stay on gRPC.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+from mxfs.manifest.names import is_commit, validate_relpath
+from mxfs.server.catalog import ModelCatalog
+from mxfs.server.errors import http_status_of
+from mxfs.server.metrics import ServerMetrics
+
+log = logging.getLogger(__name__)
+
+RANGE_PATH = "/v1/range"
+MAX_RANGE = 64 * 1024 * 1024
+
+
+class RangeServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, host: str, port: int, catalog: ModelCatalog, metrics: ServerMetrics, chunk_size: int) -> None:
+        self.catalog = catalog
+        self.metrics = metrics
+        self.chunk_size = chunk_size
+        super().__init__((host, port), RangeHandler)
+
+    def start(self) -> threading.Thread:
+        thread = threading.Thread(target=self.serve_forever, name="mxfs-data", daemon=True)
+        thread.start()
+        return thread
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.server_close()
+
+
+class RangeHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: RangeServer
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
+        log.debug("data %s - %s", self.address_string(), format % args)
+
+    def _fail(self, status: int, message: str) -> None:
+        body = message.encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        metrics = self.server.metrics
+        metrics.requests.labels("HttpRange").inc()
+        url = urlsplit(self.path)
+        if url.path != RANGE_PATH:
+            self._fail(HTTPStatus.NOT_FOUND, f"unknown path {url.path}")
+            return
+        try:
+            q = {k: v[0] for k, v in parse_qs(url.query, strict_parsing=True).items()}
+            name, revision, path = q["model"], q["revision"], validate_relpath(q["path"])
+            offset, length = int(q["offset"]), int(q["length"])
+            if not is_commit(revision):
+                raise ValueError("a resolved 40-hex revision is required")
+            entry = self.server.catalog.entry(name, revision)
+            f = entry.manifest.file(path)
+            if offset < 0 or length < 0 or length > MAX_RANGE or offset + length > f.size:
+                raise ValueError(f"range {offset}+{length} outside {path} ({f.size} bytes)")
+        except (KeyError, ValueError, LookupError, Exception) as exc:  # noqa: BLE001 - mapped below
+            status = HTTPStatus.BAD_REQUEST if isinstance(exc, KeyError) else http_status_of(exc)
+            metrics.errors.labels("HttpRange", str(int(status))).inc()
+            self._fail(status, str(exc) if not isinstance(exc, KeyError) else f"missing parameter {exc}")
+            return
+        manifest, origin = entry.manifest, entry.origin
+        metrics.blocks_served.inc(len(f.blocks_for(offset, length, manifest.block_size)))
+        local: Path | None = getattr(origin, "local_file", lambda m, p: None)(manifest, path)
+        self.send_response(HTTPStatus.OK)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(length))
+        self.end_headers()
+        self.wfile.flush()
+        if local is not None:
+            self._sendfile(local, offset, length)
+        else:
+            pos, end = offset, offset + length
+            while pos < end:
+                data = origin.read_range(manifest, path, pos, min(self.server.chunk_size, end - pos))
+                self.wfile.write(data)
+                metrics.bytes_served.inc(len(data))
+                pos += len(data)
+
+    def _sendfile(self, local: Path, offset: int, length: int) -> None:
+        fd = os.open(local, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            sent = 0
+            out = self.connection.fileno()
+            while sent < length:
+                n = os.sendfile(out, fd, offset + sent, length - sent)
+                if n == 0:
+                    raise OSError(f"{local} is shorter than its manifest")
+                sent += n
+                self.server.metrics.bytes_served.inc(n)
+        except OSError:
+            self.close_connection = True  # the client sees a short body and retries elsewhere
+            raise
+        finally:
+            os.close(fd)
