@@ -4,7 +4,6 @@ per thread, bodies read straight into a preallocated buffer."""
 from __future__ import annotations
 
 import http.client
-import socket
 import threading
 from urllib.parse import urlencode
 
@@ -56,7 +55,7 @@ class HttpRangeClient:
                 self._drop()
                 if attempt:
                     raise BlockUnavailable(f"data plane {self.host}:{self.port}: {exc}") from exc
-            except (OSError, http.client.HTTPException, socket.timeout) as exc:
+            except (TimeoutError, OSError, http.client.HTTPException) as exc:
                 self._drop()
                 raise BlockUnavailable(f"data plane {self.host}:{self.port}: {exc}") from exc
         raise AssertionError("unreachable")

@@ -96,7 +96,8 @@ class Server:
             self.ctx.on_stop.append(httpd.shutdown)
         self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         log.info("mxfs server listening on %s:%d (data %s, metrics %s), origins: %s", self.config.host,
-                 self.port, self.servicer.data_port or "off", self.metrics_port or "off", [o.label for o in self.catalog.origins] or "none")
+                 self.port, self.servicer.data_port or "off", self.metrics_port or "off",
+                 [o.label for o in self.catalog.origins] or "none")
 
     def stop(self, grace: float = 5.0) -> None:
         self.health.enter_graceful_shutdown()
