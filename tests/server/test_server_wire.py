@@ -87,6 +87,7 @@ def test_health_services(server):
 
     std = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
     assert std.status == health_pb2.HealthCheckResponse.SERVING
-    names = [m.name for m in mxfs_pb2_grpc.MxfsServiceStub(channel).ListModels(mxfs_pb2.ListModelsRequest(), timeout=5).models]
+    listing = mxfs_pb2_grpc.MxfsServiceStub(channel).ListModels(mxfs_pb2.ListModelsRequest(), timeout=5)
+    names = [m.name for m in listing.models]
     assert MODEL in names
     assert server.metric("mxfs_server_requests_total") > 0
