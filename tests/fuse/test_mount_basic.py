@@ -132,3 +132,10 @@ def test_unknown_and_hostile_names(mxfs_mount):
     assert not (mnt / ".." / "etc").resolve().is_relative_to(mnt)
     for bad in ("a--b", "..x", "-x"):
         assert not (mnt / "test-org" / bad).exists()
+
+
+def test_demo_command_end_to_end(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "mxfs", "demo", "--dir", str(tmp_path / "demo"), "--size", "16MiB",
+                          "--check"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "every file read through the mount matches the origin" in out.stdout
