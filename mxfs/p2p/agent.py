@@ -171,12 +171,15 @@ class NixlAgent:
                 except self._errors as exc:
                     log.warning("could not release a NIXL transfer from %s: %r", remote, exc)
 
-    def close(self) -> None:
-        for name in list(self._remotes):
-            self.remove_remote(name)
+    def deregister_all(self) -> None:
         for reg in self._registered:
             try:
                 self._agent.deregister_memory(reg)
             except self._errors as exc:
                 log.debug("deregister_memory: %r", exc)
         self._registered.clear()
+
+    def close(self) -> None:
+        for name in list(self._remotes):
+            self.remove_remote(name)
+        self.deregister_all()

@@ -42,6 +42,7 @@ class Peer:
     def register(self, tensors: Mapping[str, torch.Tensor]) -> None:
         """Register the tensors to pull into (and to serve later) with NIXL."""
         self._tensors = dict(tensors)
+        self.agent.deregister_all()
         nbytes = self.agent.register(self._tensors.values())
         log.debug("registered %d tensors (%d bytes of storage) with NIXL", len(self._tensors), nbytes)
 
@@ -75,7 +76,8 @@ class Peer:
 
     def publish(self, tensors: Mapping[str, torch.Tensor] | None = None) -> None:
         """Publish ``tensors`` (default: the registered ones) as READY and start heartbeats."""
-        if tensors is not None and dict(tensors) != self._tensors:
+        if tensors is not None and (tensors.keys() != self._tensors.keys()
+                                    or any(t is not self._tensors[n] for n, t in tensors.items())):
             self.register(tensors)
         self._published = describe(self._tensors)
         kinds = {mem_type(t) for t in self._tensors.values()} or {"DRAM"}

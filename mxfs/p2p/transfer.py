@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -61,6 +61,7 @@ class PullStats:
     tensors: int
     nbytes: int
     seconds: float
+    checksums: dict[str, bytes] = field(default_factory=dict, repr=False)
 
     @property
     def gbps(self) -> float:
@@ -97,10 +98,11 @@ def pull(agent: NixlAgent, source: SourceMetadata, local: Mapping[str, torch.Ten
         agent.remove_remote(remote)
     nbytes = sum(m[0].length for m in moves)
     copied = time.monotonic() - start
-    bad = [t_d[1].name for t_d in pairs if checksum(t_d[0]) != t_d[1].checksum]
+    sums = {d.name: checksum(t) for t, d in pairs}
+    bad = [d.name for _, d in pairs if sums[d.name] != d.checksum]
     if bad:
         raise SourceRejected(f"{len(bad)} tensors failed their checksum (e.g. {bad[:3]})")
-    stats = PullStats(source.info.source_id, len(pairs), nbytes, time.monotonic() - start)
+    stats = PullStats(source.info.source_id, len(pairs), nbytes, time.monotonic() - start, sums)
     log.info("pulled %d tensors, %.1f MB from source %s in %.3fs (copy %.3fs, %.2f GB/s incl. verify)",
              stats.tensors, nbytes / 1e6, stats.source_id, stats.seconds, copied, stats.gbps)
     return stats

@@ -86,6 +86,7 @@ class Announcer:
         self.swarm_idle_s = swarm_idle_s
         self.ttl_s = 30.0
         self.connected = False
+        self._warned = False
         self._last_ok = 0.0
         self._swarms: dict[str, float] = {}     # swarm -> last activity (monotonic)
         self._announced: set[str] = set()       # swarms the registry knows we are in
@@ -129,11 +130,14 @@ class Announcer:
                                              limiter=self.limiter)
             except BlockUnavailable as exc:
                 self.holdings.restore(files)
-                if self.connected or not self._last_ok:
+                if self.connected or not self._warned:  # once per outage, not every interval
                     log.warning("cannot announce to the holder registry: %s", exc)
+                    self._warned = True
                 self.connected = False
                 return False
-            self.connected = True
+            if not self.connected:
+                log.info("announcing to the holder registry as %s (%s)", self.node.node_id, self.node.address)
+            self.connected, self._warned = True, False
             self._last_ok = time.monotonic()
             self._announced = set(swarms)
             for s in swarms:

@@ -5,8 +5,9 @@ cache index, so no request can name a path. Bytes are served as stored: the read
 verifies every block against its manifest (a corrupt cache is caught there and the
 serving node is quarantined). Concurrency is bounded by a fixed thread pool and
 ``maximum_concurrent_rpcs`` (extra calls get RESOURCE_EXHAUSTED); memory by
-concurrency x block size. With ``fetch`` (swarm pull-through) a missing block is first
-fetched through the node's own chain, from the server only.
+concurrency x block size (a block up to 4 MiB goes out as one message). With ``fetch``
+(swarm pull-through) a missing block is first fetched through the node's own chain,
+from the server only.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from mxfs.rpc.channel import CHANNEL_OPTIONS
 
 log = logging.getLogger(__name__)
 
-CHUNK = 1024 * 1024
+CHUNK = 4 * 1024 * 1024
 MAX_BLOCK = 64 * 1024 * 1024
 _SHA = re.compile(r"^[0-9a-f]{64}$")
 
@@ -79,6 +80,10 @@ class PeerBlockServicer(peer_pb2_grpc.PeerBlocksServicer):
         if data is None:
             self.requests.labels("miss").inc()
             context.abort(grpc.StatusCode.NOT_FOUND, f"block {key} not held here")
+        if len(data) <= CHUNK:  # the usual case: one message, no extra copy
+            yield peer_pb2.PeerChunk(offset=0, data=bytes(data))
+            self.served.inc(len(data))
+            return
         view = memoryview(data)
         for pos in range(0, len(view), CHUNK):
             if not context.is_active():

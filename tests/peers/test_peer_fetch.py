@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
-from tests.peers.conftest import node_id_of, read_all
+from mxfs.demo import free_port
+from mxfs.nodectl import status
+from tests.conftest import MODEL
+from tests.peers.conftest import node_id_of, peer_flags, read_all
 
 
 def test_second_readers_get_blocks_from_peers(peer_cluster, origin_hashes):
@@ -42,3 +45,12 @@ def test_cold_fleet_swarm_costs_about_one_copy(peer_cluster, origin_hashes):
     fetchers = [i for i in range(4) if c.tier_bytes(i, "server") > 0]
     assert len(fetchers) >= 2
     assert sum(c.tier_bytes(i, "peer") for i in range(4)) >= 2 * size
+
+
+def test_peer_daemon_reads_without_a_registry(start_server, start_mount, monkeypatch, origin_hashes):
+    monkeypatch.delenv("MXFS_PEER_TOKEN", raising=False)
+    server = start_server()  # no token: the server runs no holder registry
+    node = start_mount(server, name="lonely", extra=peer_flags(free_port()))
+    assert read_all(node.mountpoint / MODEL) == origin_hashes
+    assert "registry unreachable" in status(node.mountpoint).peers[0]
+    assert node.log().count("cannot announce to the holder registry") == 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from mxfs.demo import wait_for
-from tests.peers.conftest import node_id_of, read_all
+from tests.peers.conftest import node_id_of, peer_flags, read_all
 
 
 def test_departed_nodes_disappear_from_the_registry(peer_cluster, origin_hashes):
@@ -33,3 +33,15 @@ def test_departed_nodes_disappear_from_the_registry(peer_cluster, origin_hashes)
     # the live nodes keep their heartbeat well past the TTL
     time.sleep(4)
     assert {n.node_id for n in c.registry.nodes()} == {ids[2], ids[3]}
+
+
+def test_restarted_node_reannounces_its_cache(peer_cluster, start_mount, origin_hashes):
+    c = peer_cluster(1)
+    nid = node_id_of(c.nodes[0])
+    assert read_all(c.model_dir(0)) == origin_hashes
+    c.wait_announced({nid})
+    c.nodes[0].stop()
+    assert nid not in {n.node_id for n in c.registry.nodes()}
+    again = start_mount(c.server, name="node1", extra=peer_flags(c.peer_ports[0]))
+    assert node_id_of(again) == nid  # same cache, same identity
+    c.wait_announced({nid})  # everything it still holds is announced without reading

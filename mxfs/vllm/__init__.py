@@ -1,0 +1,1 @@
+"""The vLLM ``mx`` load format: NIXL pulls from running workers, else mxfs files."""
