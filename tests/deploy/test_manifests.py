@@ -277,8 +277,9 @@ def test_server_ports_and_addresses_agree(values_name: str | None) -> None:
     pod = server["spec"]["template"]["spec"]
     main = container(pod, "server")
     ports = {p["name"]: p["containerPort"] for p in main["ports"]}
-    assert ports == {"grpc": 8001, "metrics": 9091}
+    assert ports == {"grpc": 8001, "metrics": 9091, "data": 8002}
     assert flag(main["args"], "port") == "8001" and flag(main["args"], "metrics-port") == "9091"
+    assert flag(main["args"], "data-port") == "8002"
     assert {p["name"]: p["port"] for p in service["spec"]["ports"]} == ports
     assert service["spec"]["selector"].items() <= pod_labels(server).items()
     pvc = by_kind(docs, "PersistentVolumeClaim")[0]
@@ -288,6 +289,9 @@ def test_server_ports_and_addresses_agree(values_name: str | None) -> None:
     [ds] = by_kind(docs, "DaemonSet")
     daemon = container(ds["spec"]["template"]["spec"], "mxfsd")
     assert flag(daemon["args"], "server") == "mxfs-server.mxfs.svc:8001"
+    peer_port = flag(daemon["args"], "peer-port")
+    assert peer_port == "9093"
+    assert {p["name"]: p["containerPort"] for p in daemon["ports"]}["peer"] == int(peer_port)
 
     redis = [d for d in by_kind(docs, "Service") if d["metadata"]["name"] == "mxfs-redis"]
     env = {e["name"]: e.get("value") for e in main["env"]}
