@@ -25,6 +25,7 @@ from mxfs.peer.service import PeerCache
 from mxfs.rpc import node_pb2
 from mxfs.rpc.client import MxfsClient
 from mxfs.sources.chain import FetchChain
+from mxfs.sources.hashes import BlockHashes
 from mxfs.sources.reader import BlockReader
 from mxfs.sources.resolver import ManifestResolver
 from mxfs.sources.server import ServerTier
@@ -67,8 +68,9 @@ class NodeDaemon:
         self.peers = PeerCache(config, self.cache_dir, self.cache, self.stats) if config.peer_port else None
         self.tiers = [*([self.peers.tier] if self.peers else []),
                       ServerTier(self.client, self.rpc_limiter, config.fetch_timeout)]
+        self.hashes = BlockHashes(self.client, self.cache_dir, self.rpc_limiter)
         self.chain = FetchChain(self.cache, self.tiers, self.stats, HotBlocks(HOT_BLOCKS_BYTES),
-                                self.io_limiter, config.fetch_timeout)
+                                self.io_limiter, config.fetch_timeout, hashes=self.hashes)
         self.resolver = ManifestResolver(self.client, self.cache_dir, self.rpc_limiter)
         self.reader = BlockReader(self.chain, config.readahead_blocks)
         self.prefetcher = Prefetcher(self.chain, self.reader.background)

@@ -46,7 +46,8 @@ def cmd_server(args: argparse.Namespace) -> int:
     cfg = _config_from(args, ServerConfig, "server",
                        ["host", "port", "cache_dir", "models_dir", "block_size", "metrics_port", "data_port",
                         "log_level", "max_workers", "peer_token", "holder_ttl", "origins", "model_uris",
-                        "max_models", "max_unused_s", "min_free_bytes", "metadata_backend", "redis_url"])
+                        "max_models", "max_unused_s", "min_free_bytes", "metadata_backend", "redis_url",
+                        "origin_mode", "origin_eager_bytes", "origin_block_store_bytes"])
     logs.setup(cfg.log_level)
     return app.run(cfg)
 
@@ -67,6 +68,13 @@ def add_server(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--origin", dest="origins", action="append",
                    help="remote origin (repeatable): hf, s3://B/P, gs://B/P, az://C/P, /abs/dir")
     p.add_argument("--model-uri", dest="model_uris", action="append", help="ORG/NAME=URI (repeatable)")
+    p.add_argument("--origin-mode", choices=["lazy", "hydrate"],
+                   help="remote files: lazy (blocks read from the origin when first needed, default) or "
+                        "hydrate (whole snapshot downloaded on the first manifest request)")
+    p.add_argument("--origin-eager-bytes", type=parse_size,
+                   help="lazy mode: download remote files up to this size with the manifest (default 16MiB)")
+    p.add_argument("--origin-block-store-bytes", type=parse_size,
+                   help="bound of the server's store of lazily read origin blocks (default 90%% of free disk)")
     p.add_argument("--max-models", type=int, help="evict LRU cached models beyond this count")
     p.add_argument("--max-unused", dest="max_unused_s", type=float, help="evict models unused this many seconds")
     p.add_argument("--min-free", dest="min_free_bytes", type=parse_size, help="keep this much disk free, e.g. 20GiB")

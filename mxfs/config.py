@@ -46,6 +46,12 @@ class ServerConfig:
     origins: list = _opt(None, "remote origins tried after models_dir: hf, s3://B/P, gs://B/P, az://C/P, /abs/dir")
     model_uris: list = _opt(None, "single models bound to a location: ORG/NAME=URI")
     origin_workers: int = _opt(8, "parallel ranged reads from remote origins")
+    origin_mode: str = _opt("lazy", "remote files: lazy (blocks read from the origin when first needed) or "
+                            "hydrate (whole snapshot downloaded on the first manifest request)")
+    origin_eager_bytes: int = _opt(16 * 1024 * 1024, "lazy mode: remote files up to this size are downloaded "
+                                   "with the manifest (configs, tokenizers)")
+    origin_block_store_bytes: int = _opt(0, "bound of the server's store of lazily read origin blocks "
+                                         "(0 = 90% of the free disk at start)")
     max_models: int = _opt(0, "evict the least recently used cached models beyond this count (0 = no bound)")
     max_unused_s: float = _opt(0.0, "evict cached models unused for this many seconds (0 = never)")
     min_free_bytes: int = _opt(0, "evict cached models while the cache disk has less free space (0 = off)")
@@ -61,6 +67,10 @@ class ServerConfig:
             raise ConfigError("holder_ttl must be between 1 and 3600 seconds")
         if self.origin_workers < 1:
             raise ConfigError("origin_workers must be >= 1")
+        if self.origin_mode not in ("lazy", "hydrate"):
+            raise ConfigError(f"origin_mode must be lazy or hydrate, not {self.origin_mode!r}")
+        if self.origin_eager_bytes < 0 or self.origin_block_store_bytes < 0:
+            raise ConfigError("origin_eager_bytes and origin_block_store_bytes must be >= 0")
         if min(self.max_models, self.max_unused_s, self.min_free_bytes) < 0 or self.evict_interval_s <= 0:
             raise ConfigError("eviction bounds must be >= 0 and evict_interval_s > 0")
         if self.lease_ttl_s < 1:

@@ -19,7 +19,7 @@ import hashlib
 import logging
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import grpc
@@ -35,6 +35,7 @@ from mxfs.rpc.client import MxfsClient, translate_rpc_error
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int], None]
+HASHES_PER_CALL = 1024
 
 
 def ensure_on_server(address: str, name: str, revision: str = "", timeout_s: float = 3600,
@@ -59,13 +60,22 @@ def ensure_on_server(address: str, name: str, revision: str = "", timeout_s: flo
         channel.close()
 
 
-class HubCacheWriter:
-    """Blob files of one model repo in an HF-layout cache."""
+#: (block size, sha256 digest of every block) of a file
+BlockHashesOf = Callable[[FileEntry], tuple[int, Sequence[bytes]]]
 
-    def __init__(self, cache_dir: Path, name: str) -> None:
+
+class HubCacheWriter:
+    """Blob files of one model repo in an HF-layout cache.
+
+    A file whose manifest ``sha256`` is not a digest of its bytes (``digest_verified`` is
+    False: an object-store version id) is verified block by block with ``hashes_of``.
+    """
+
+    def __init__(self, cache_dir: Path, name: str, hashes_of: BlockHashesOf | None = None) -> None:
         self.repo = Path(cache_dir) / hub_folder(name)
         self.blobs = self.repo / "blobs"
         self.blobs.mkdir(parents=True, exist_ok=True)
+        self.hashes_of = hashes_of
 
     def blob(self, f: FileEntry) -> Path:
         return self.blobs / f.sha256
@@ -92,15 +102,32 @@ class HubCacheWriter:
     def finish(self, f: FileEntry) -> None:
         """Verify the partial file and publish it as the blob (atomic rename)."""
         part = self.partial(f)
-        h = hashlib.sha256()
-        with open(part, "rb") as fh:
-            while chunk := fh.read(8 << 20):
-                h.update(chunk)
-            os.fsync(fh.fileno())
-        if h.hexdigest() != f.sha256 or part.stat().st_size != f.size:
+        if f.digest_verified:
+            h = hashlib.sha256()
+            with open(part, "rb") as fh:
+                while chunk := fh.read(8 << 20):
+                    h.update(chunk)
+                os.fsync(fh.fileno())
+            ok, what = h.hexdigest() == f.sha256, f"sha256 {h.hexdigest()}"
+        else:
+            ok, what = self._blocks_match(f, part), "a block hash differs"
+        if not ok or part.stat().st_size != f.size:
             part.unlink()
-            raise IntegrityError(f"{f.path}: downloaded bytes do not match the manifest (sha256 {h.hexdigest()})")
+            raise IntegrityError(f"{f.path}: downloaded bytes do not match the manifest ({what})")
         os.replace(part, self.blob(f))
+
+    def _blocks_match(self, f: FileEntry, part: Path) -> bool:
+        if self.hashes_of is None:
+            raise IntegrityError(f"{f.path} has no published digest and no block hashes to verify it with")
+        block_size, expected = self.hashes_of(f)
+        if len(expected) != f.block_count(block_size):
+            return False
+        with open(part, "rb") as fh:
+            for digest in expected:
+                if hashlib.sha256(fh.read(block_size)).digest() != digest:
+                    return False
+            os.fsync(fh.fileno())
+        return True
 
     def publish(self, manifest: Manifest, ref: str) -> Path:
         """Create ``snapshots/<rev>`` (all links at once) and point ``refs/<ref>`` at it."""
@@ -136,7 +163,18 @@ def download_model(address: str, name: str, revision: str, cache_dir: Path,
     client = MxfsClient(address, timeout_s=60)
     try:
         manifest = client.get_manifest(name, revision)
-        writer = HubCacheWriter(cache_dir, name)
+
+        def hashes_of(f: FileEntry) -> tuple[int, Sequence[bytes]]:
+            if f.block_hashes:
+                return manifest.block_size, f.block_hashes
+            out: list[bytes] = []
+            n = f.block_count(manifest.block_size)
+            while len(out) < n:  # the stream made the server read every block: these are known
+                out += client.block_hashes(manifest.name, manifest.revision, f.path, len(out),
+                                           min(HASHES_PER_CALL, n - len(out)))
+            return manifest.block_size, out
+
+        writer = HubCacheWriter(cache_dir, name, hashes_of)
         todo = [f for f in manifest.files if not writer.have(f)]
         done_bytes = manifest.total_size - sum(f.size for f in todo)
         advance = progress(manifest.total_size, done_bytes) if progress else (lambda _n: None)

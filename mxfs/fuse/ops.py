@@ -173,7 +173,8 @@ class MxfsOperations(pyfuse3.Operations):
         if node.entry is not None and manifest is not None:
             e = node.entry
             out["path"] = e.path
-            out["sha256"] = e.sha256
+            if e.digest_verified:  # else sha256 is an origin version id, not a digest of the bytes
+                out["sha256"] = e.sha256
             out["size"] = str(e.size)
             if self.cache.file_complete(e, manifest.block_size):
                 out["backing"] = str(self.cache.blob_path(e.sha256))

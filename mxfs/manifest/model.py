@@ -38,13 +38,26 @@ class TensorInfo:
 
 @dataclass(frozen=True)
 class FileEntry:
-    """One file of a model: size, digest, per-block digests and tensor index."""
+    """One file of a model: size, digest, per-block digests and tensor index.
+
+    ``sha256`` is the file's content id (every cache is keyed by it). It is the real
+    digest of the bytes unless ``digest_verified`` is False: then it is a stable id of an
+    origin object version (its bytes are checked block by block only). A *lazy* entry
+    (``block_hashes`` empty, size > 0) is a remote file the server has not read yet: its
+    block hashes come from the server on demand (``GetBlockHashes``).
+    """
 
     path: str
     size: int
     sha256: str
     block_hashes: tuple[bytes, ...] = ()
     tensors: tuple[TensorInfo, ...] = ()
+    digest_verified: bool = True
+
+    @property
+    def lazy(self) -> bool:
+        """True when the block hashes are not in the manifest (asked for on demand)."""
+        return self.size > 0 and not self.block_hashes
 
     def block_count(self, block_size: int) -> int:
         return (self.size + block_size - 1) // block_size
@@ -114,6 +127,7 @@ class Manifest:
                         "tensors": [
                             [t.name, t.dtype, list(t.shape), t.begin, t.end] for t in f.tensors
                         ],
+                        **({} if f.digest_verified else {"digest_verified": False}),
                     }
                     for f in self.files
                 ],
@@ -135,6 +149,7 @@ class Manifest:
                         TensorInfo(n, d, tuple(int(x) for x in s), int(b), int(e))
                         for n, d, s, b, e in f["tensors"]
                     ),
+                    digest_verified=bool(f.get("digest_verified", True)),
                 )
                 for f in doc["files"]
             )

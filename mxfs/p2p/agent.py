@@ -102,7 +102,10 @@ class NixlAgent:
     def metadata(self) -> bytes:
         return self._agent.get_agent_metadata()
 
-    def add_remote(self, metadata: bytes) -> str:
+    def add_remote(self, metadata: bytes, expected_name: str = "") -> str:
+        """Load a remote agent's metadata (once per name: a known agent is reused)."""
+        if expected_name and expected_name in self._remotes:
+            return expected_name
         try:
             name = self._agent.add_remote_agent(metadata)
         except self._errors as exc:

@@ -17,11 +17,13 @@ _PERIOD = 65521
 _weights: dict[tuple[str, int | None], torch.Tensor] = {}
 
 
-def _weights_on(device: torch.device) -> torch.Tensor:
+def _weights_on(device: torch.device, n: int) -> torch.Tensor:
+    """Weights 1.._PERIOD repeating, at least ``n`` long (cached per device, grown on demand)."""
     key = (device.type, device.index)
     w = _weights.get(key)
-    if w is None:
-        w = torch.arange(CHUNK_WORDS, dtype=torch.int64, device=device) % _PERIOD + 1
+    if w is None or w.numel() < n:
+        size = min(CHUNK_WORDS, max(n, 2 * (w.numel() if w is not None else 0), 1 << 16))
+        w = torch.arange(size, dtype=torch.int64, device=device) % _PERIOD + 1
         _weights[key] = w
     return w
 
@@ -42,7 +44,7 @@ def checksum(t: torch.Tensor) -> bytes:
     weighted = torch.zeros((), dtype=torch.int64, device=raw.device)
     if nwords:
         words = raw[: nwords * 4].view(torch.int32)
-        weights = _weights_on(raw.device)
+        weights = _weights_on(raw.device, min(nwords, CHUNK_WORDS))
         for k, start in enumerate(range(0, nwords, CHUNK_WORDS)):
             w = words[start : start + CHUNK_WORDS].to(torch.int64)
             plain += w.sum()

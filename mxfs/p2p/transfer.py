@@ -89,13 +89,14 @@ def pull(agent: NixlAgent, source: SourceMetadata, local: Mapping[str, torch.Ten
     local_mem = {mem_type(t) for t, _ in pairs} or {"DRAM"}
     if len(local_mem) != 1:
         raise SourceRejected(f"local tensors span several memory types: {sorted(local_mem)}")
-    remote = agent.add_remote(source.agent_metadata)
+    remote = agent.add_remote(source.agent_metadata, source.info.agent_name)
     try:
         if remote != source.info.agent_name:
             raise SourceRejected(f"agent metadata names {remote!r}, registry says {source.info.agent_name!r}")
         agent.read(remote, moves, local_mem.pop(), source.mem_type, timeout_s)
-    finally:
-        agent.remove_remote(remote)
+    except BaseException:
+        agent.remove_remote(remote)  # a retry loads fresh metadata
+        raise
     nbytes = sum(m[0].length for m in moves)
     copied = time.monotonic() - start
     sums = {d.name: checksum(t) for t, d in pairs}

@@ -108,6 +108,17 @@ class MxfsClient:
             raise translate_rpc_error(exc, f"manifest of {name}") from exc
         return manifest_from_pb(pb)
 
+    def block_hashes(self, name: str, revision: str, path: str, first: int, count: int,
+                     lookahead: int = 0) -> list[bytes]:
+        """sha256 digests of blocks ``first..`` of a file (``b""`` for a lookahead one not known yet)."""
+        stub, _ = self._stubs()
+        req = mxfs_pb2.BlockHashesRequest(name=name, revision=revision, path=path, first=first, count=count,
+                                          lookahead=lookahead)
+        try:
+            return list(stub.GetBlockHashes(req, timeout=self.timeout_s).hashes)
+        except grpc.RpcError as exc:
+            raise translate_rpc_error(exc, f"block hashes of {name}/{path}") from exc
+
     def list_models(self) -> list[ModelSummary]:
         stub, _ = self._stubs()
         try:

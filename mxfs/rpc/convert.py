@@ -25,6 +25,7 @@ def manifest_to_pb(m: Manifest) -> mxfs_pb2.Manifest:
                     )
                     for t in f.tensors
                 ],
+                digest_pending=not f.digest_verified,
             )
             for f in m.files
         ],
@@ -46,6 +47,7 @@ def manifest_from_pb(pb: mxfs_pb2.Manifest) -> Manifest:
                 tensors=tuple(
                     TensorInfo(t.name, t.dtype, tuple(t.shape), t.begin, t.end) for t in f.tensors
                 ),
+                digest_verified=not f.digest_pending,
             )
             for f in pb.files
         ),

@@ -46,11 +46,11 @@ class ServerContext:
 SERVICE_PLUGINS: list[Callable[[ServerContext], None]] = [holders.register, p2p_service.register, modelexpress.install]
 
 
-def build_origins(config: ServerConfig, state_dir: Path) -> list[Origin]:
+def build_origins(config: ServerConfig, state_dir: Path, metrics: ServerMetrics | None = None) -> list[Origin]:
     origins: list[Origin] = []
     if config.models_dir:
         origins.append(LocalOrigin(Path(config.models_dir), state_dir))
-    return origins + build_remote_origins(config, state_dir)
+    return origins + build_remote_origins(config, state_dir, metrics.origin_bytes.inc if metrics else None)
 
 
 class Server:
@@ -61,7 +61,7 @@ class Server:
         state_dir = Path(config.cache_dir)
         state_dir.mkdir(parents=True, exist_ok=True)
         self.metrics = ServerMetrics()
-        self.catalog = ModelCatalog(build_origins(config, state_dir), state_dir, config.block_size)
+        self.catalog = ModelCatalog(build_origins(config, state_dir, self.metrics), state_dir, config.block_size)
         self.grpc_server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="mxfs-rpc"),
             options=CHANNEL_OPTIONS,

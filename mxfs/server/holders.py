@@ -67,6 +67,7 @@ class HolderRegistry:
         self.ttl_s = ttl_s
         self._live: dict[str, str] = {}
         self._live_at = 0.0
+        self._generation = 0
         self._lock = threading.Lock()
 
     # -- liveness -------------------------------------------------------------------------
@@ -76,14 +77,17 @@ class HolderRegistry:
         with self._lock:
             if time.monotonic() - self._live_at < LIVE_CACHE_S:
                 return self._live
+            generation = self._generation
         live = {k.removeprefix("holders:node:"): v.decode() for k, v in self.store.scan("holders:node:")}
         with self._lock:
-            self._live, self._live_at = live, time.monotonic()
+            if generation == self._generation:  # no join/withdraw raced with the scan
+                self._live, self._live_at = live, time.monotonic()
         return live
 
     def _invalidate(self) -> None:
         with self._lock:
             self._live_at = 0.0
+            self._generation += 1
 
     # -- writes ---------------------------------------------------------------------------
 

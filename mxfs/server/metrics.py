@@ -15,5 +15,8 @@ class ServerMetrics:
         self.blocks_served = Counter(
             "mxfs_server_blocks_served", "manifest blocks covered by served ranges", registry=r
         )
+        self.origin_bytes = Counter(
+            "mxfs_server_origin_bytes", "bytes read from remote origins (HF, object stores)", registry=r
+        )
         self.latency = Histogram("mxfs_server_request_seconds", "RPC latency", ["method"], registry=r)
         self.models = Gauge("mxfs_server_models", "models in the catalog", registry=r)

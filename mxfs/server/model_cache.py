@@ -1,17 +1,26 @@
-"""The server's cache of remote models: hydrate, hash, publish, serve, evict.
+"""The server's cache of remote models: manifests from metadata, blocks on demand, evict.
 
-How remote models get per-block hashes (the design choice): the server hydrates a
-snapshot into its cache on the first manifest request (or ahead of time through
-ModelExpress ``EnsureModelDownloaded``). Files are fetched with parallel ranged reads
-into ``.partial/``, hashed in one pass (whole-file sha256 + per-block sha256), checked
-against the digests the origin publishes (HF LFS sha256, git blob ids), then published
-by rename; the manifest is completed before any block is served. So a mount shows the
-full tree before a weight byte moves to a node, and a node's tensor read moves only the
-blocks it needs (from the server cache, a peer, or the origin directly through
-``OriginTier``). Origin egress is one copy of the model per cluster.
+How remote models get per-block hashes (the design choice). In ``lazy`` origin mode (the
+default) the manifest of a remote snapshot is built from the origin's listing without
+moving weights: small files (configs, tokenizers, index json; up to ``eager_max_bytes``)
+are hydrated at once as below, every larger file is *lazy* — its content id is the
+digest the origin publishes (HF LFS sha256) or, where it publishes none (S3/GCS/Azure),
+a stable id of the pinned object version (``digest_verified=False``); its tensor index
+comes from two small ranged reads of the safetensors header; its block hashes are left
+out. A node asks ``GetBlockHashes`` for the blocks it reads; the server then reads just
+those blocks from the origin, hashes and keeps them (``mxfs.server.origin_blocks``), so a
+tensor read moves only its blocks from the origin, and a mount shows the tree at once.
+
+In ``hydrate`` mode (and for the small files of ``lazy`` mode) files are fetched with
+parallel ranged reads into ``.partial/``, hashed in one pass (whole-file sha256 +
+per-block sha256), checked against the digests the origin publishes (HF LFS sha256, git
+blob ids), then published by rename; the manifest is completed before any block is served.
+ModelExpress ``EnsureModelDownloaded`` still means "everything on the server": it fills
+every lazy block too (``ensure_all``). Origin egress is one copy of the model per cluster.
 
 Layout: ``<cache>/models/<org>/<name>/<revision>/files/<path>`` plus
-``.mxfs-manifest-<block_size>.json``; a crash leaves only ``.partial`` files behind.
+``.mxfs-manifest-<block_size>.json``; lazy blocks in ``<cache>/origin-blocks/``; a crash
+leaves only ``.partial`` files behind.
 """
 
 from __future__ import annotations
@@ -33,8 +42,10 @@ from mxfs.errors import IntegrityError, ManifestError, SourceError
 from mxfs.manifest.builder import hash_file, read_tensors
 from mxfs.manifest.model import FileEntry, Manifest
 from mxfs.manifest.names import validate_relpath
+from mxfs.manifest.safetensors import parse_header
 from mxfs.origins.remote import OriginUnavailable, RemoteFile, RemoteSource, Snapshot
 from mxfs.server.models_registry import EvictionPolicy, Evictor, ModelRecord, ModelRegistry, Status
+from mxfs.server.origin_blocks import OriginBlocks, OriginRead
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +53,13 @@ PART_SIZE = 8 * 1024 * 1024
 READ_RETRIES = 3
 TOUCH_EVERY_S = 10.0
 WAIT_POLL_S = 0.5
+EAGER_MAX_BYTES = 16 * 1024 * 1024
+ORIGIN_MODES = ("lazy", "hydrate")
+
+
+def pin_id(snap: Snapshot, f: RemoteFile) -> str:
+    """Content id of an origin object that publishes no digest: its pinned version, hashed."""
+    return hashlib.sha256(f"mxfs-pin\0{snap.origin}\0{snap.name}\0{f.path}\0{f.size}\0{f.etag}".encode()).hexdigest()
 
 
 @dataclass
@@ -60,11 +78,23 @@ class ModelCache:
     """Hydrated snapshots on local disk, tracked in the registry, evicted LRU."""
 
     def __init__(self, root: Path, registry: ModelRegistry, policy: EvictionPolicy | None = None,
-                 workers: int = 8, part_size: int = PART_SIZE) -> None:
+                 workers: int = 8, part_size: int = PART_SIZE, mode: str = "lazy",
+                 eager_max_bytes: int = EAGER_MAX_BYTES, block_store_bytes: int = 0,
+                 on_origin_bytes: Callable[[int], None] | None = None) -> None:
+        if mode not in ORIGIN_MODES:
+            raise ValueError(f"origin mode must be one of {ORIGIN_MODES}, not {mode!r}")
         self.root = Path(root) / "models"
         self.root.mkdir(parents=True, exist_ok=True)
         self.registry = registry
         self.part_size = part_size
+        self.mode = mode
+        self.eager_max_bytes = eager_max_bytes
+        self.block_store_bytes = block_store_bytes
+        self.origin_bytes = 0  # bytes read from origins (all modes), for metrics and tests
+        self._on_origin_bytes = on_origin_bytes
+        self._workers = max(1, workers)
+        self._blocks: OriginBlocks | None = None
+        self._filling: set[str] = set()
         self._parts = ThreadPoolExecutor(max(1, workers), thread_name_prefix="mxfs-origin")
         self._jobs = ThreadPoolExecutor(4, thread_name_prefix="mxfs-hydrate")
         self._lock = threading.Lock()
@@ -93,6 +123,8 @@ class ModelCache:
             return None
         files = self.dir(name, revision) / "files"
         for f in manifest.files:
+            if f.lazy:
+                continue  # served block by block from the origin block store
             try:
                 if (files / f.path).stat().st_size != f.size:
                     return None
@@ -125,7 +157,24 @@ class ModelCache:
 
     def busy(self, name: str, revision: str) -> bool:
         with self._lock:
-            return f"{name}@{revision}" in self._inflight
+            key = f"{name}@{revision}"
+            return key in self._inflight or key in self._filling
+
+    def count_origin(self, n: int) -> None:
+        self.origin_bytes += n
+        if self._on_origin_bytes is not None:
+            self._on_origin_bytes(n)
+
+    @property
+    def blocks(self) -> OriginBlocks:
+        """The lazy block store, opened on first use."""
+        with self._lock:
+            if self._blocks is None:
+                store = self.root.parent / "origin-blocks"
+                store.mkdir(parents=True, exist_ok=True)
+                limit = self.block_store_bytes or int(shutil.disk_usage(store).free * 0.9)
+                self._blocks = OriginBlocks(store, self._parts, limit, self.count_origin)
+            return self._blocks
 
     def _adopt(self, snap: Snapshot, manifest: Manifest) -> None:
         """Files on disk with no record (fresh registry): record them as downloaded."""
@@ -164,11 +213,17 @@ class ModelCache:
     def _hydrate(self, source: RemoteSource, snap: Snapshot, block_size: int,
                  lost: Callable[[], bool]) -> Manifest:
         key = f"{snap.name}@{snap.revision}"
-        progress = self.progress[key] = Progress(snap.total_size, files=len(snap.files))
+        lazy = {f.path for f in snap.files if self.mode == "lazy" and f.size > self.eager_max_bytes}
+        progress = self.progress[key] = Progress(sum(f.size for f in snap.files if f.path not in lazy),
+                                                 files=len(snap.files))
         base = self.dir(snap.name, snap.revision)
         start = time.monotonic()
         entries = []
         for f in snap.files:
+            if f.path in lazy:
+                entries.append(self._lazy_entry(source, snap, f))
+                progress.files_done += 1
+                continue
             final = base / "files" / validate_relpath(f.path)
             if not (final.is_file() and final.stat().st_size == f.size):
                 partial = base / ".partial" / f.path
@@ -191,9 +246,33 @@ class ModelCache:
         tmp.write_text(manifest.to_json())
         os.replace(tmp, path)
         secs = time.monotonic() - start
-        log.info("hydrated %s from %s: %d files, %d bytes in %.1fs (%.0f MB/s)", key, snap.origin,
-                 len(entries), manifest.total_size, secs, manifest.total_size / max(secs, 1e-6) / 1e6)
+        log.info("hydrated %s from %s: %d files (%d lazy), %d bytes now in %.1fs (%.0f MB/s)", key, snap.origin,
+                 len(entries), len(lazy), progress.done, secs, progress.done / max(secs, 1e-6) / 1e6)
         return manifest
+
+    def _lazy_entry(self, source: RemoteSource, snap: Snapshot, f: RemoteFile) -> FileEntry:
+        """A file described from metadata: content id, size and (safetensors) tensor index."""
+        validate_relpath(f.path)
+        sha, verified = (f.sha256, True) if f.sha256 else (pin_id(snap, f), False)
+        tensors: tuple = ()
+        if f.path.endswith(".safetensors"):
+            _, tensors = parse_header(lambda offset, length: self._header_read(source, snap, f.path, offset, length),
+                                      f.size)
+        return FileEntry(f.path, f.size, sha, (), tensors, digest_verified=verified)
+
+    def _header_read(self, source: RemoteSource, snap: Snapshot, path: str, offset: int, length: int) -> bytes:
+        length = max(0, min(length, snap.file(path).size - offset))  # parse_header checks what comes back
+        for attempt in range(READ_RETRIES):
+            try:
+                data = source.read(snap, path, offset, length)
+                break
+            except OriginUnavailable as exc:
+                if attempt == READ_RETRIES - 1:
+                    raise
+                log.warning("retrying origin read @%d+%d: %s", offset, length, exc)
+                time.sleep(0.5 * (attempt + 1))
+        self.count_origin(len(data))
+        return data
 
     def _download(self, source: RemoteSource, snap: Snapshot, f: RemoteFile, partial: Path,
                   progress: Progress, lost: Callable[[], bool]) -> None:
@@ -214,6 +293,7 @@ class ModelCache:
                             raise
                         log.warning("retrying %s/%s@%d: %s", snap.name, f.path, offset, exc)
                         time.sleep(0.5 * (attempt + 1))
+                self.count_origin(len(data))
                 os.pwrite(fd, data, offset)
                 progress.done += length
 
@@ -242,6 +322,68 @@ class ModelCache:
             raise IntegrityError(f"cached {manifest.name}/{path} is shorter than its manifest says")
         return data
 
+    def origin_reader(self, source: RemoteSource, manifest: Manifest, path: str) -> OriginRead:
+        """Reads of one file of a lazy snapshot at its origin (pinned to the listing's version)."""
+        snap = source.snapshot(manifest.name, manifest.revision)
+        return lambda offset, length: source.read(snap, path, offset, length)
+
+    def _used(self, source: RemoteSource, manifest: Manifest) -> None:
+        """Record a use; a snapshot evicted meanwhile is resolved again (so it is tracked and
+        evictable again). Throttled like ``touch``; call from request threads only."""
+        key = f"{manifest.name}@{manifest.revision}"
+        if time.time() - self._touched.get(key, 0.0) < TOUCH_EVERY_S:
+            return
+        if not self._manifest_path(manifest.name, manifest.revision, manifest.block_size).exists():
+            self.ensure(source, source.snapshot(manifest.name, manifest.revision), manifest.block_size)
+        self.touch(manifest.name, manifest.revision)
+
+    def read_lazy(self, source: RemoteSource, manifest: Manifest, entry: FileEntry, offset: int,
+                  length: int) -> bytes:
+        self._used(source, manifest)
+        return self.blocks.read_range(entry, manifest.block_size, offset, length,
+                                      self.origin_reader(source, manifest, entry.path))
+
+    def block_hashes(self, source: RemoteSource, manifest: Manifest, entry: FileEntry, first: int, count: int,
+                     lookahead: int) -> list[bytes]:
+        """Per-block sha256 of ``entry`` from block ``first`` (see ``OriginBlocks.block_hashes``)."""
+        if not entry.lazy:
+            n = entry.block_count(manifest.block_size)
+            if not 0 <= first < n:
+                raise ValueError(f"blocks {first}+{count} outside {entry.path} ({n} blocks)")
+            return list(entry.block_hashes[first: first + count + lookahead])
+        self._used(source, manifest)
+        return self.blocks.block_hashes(entry, manifest.block_size, first, count, lookahead,
+                                        self.origin_reader(source, manifest, entry.path))
+
+    def ensure_all(self, source: RemoteSource, snap: Snapshot, block_size: int) -> Manifest:
+        """``ensure`` and then every lazy block on the server too (ModelExpress semantics)."""
+        manifest = self.ensure(source, snap, block_size)
+        lazy = [f for f in manifest.files if f.lazy]
+        if not lazy:
+            return manifest
+        key = f"{snap.name}@{snap.revision}"
+        with self._lock:
+            self._filling.add(key)
+        try:
+            progress = self.progress[key] = Progress(manifest.total_size, files=len(manifest.files))
+            progress.done = sum(f.size for f in manifest.files if not f.lazy)
+            progress.files_done = len(manifest.files) - len(lazy)
+            window = 2 * self._workers
+
+            def advance(n: int) -> None:
+                progress.done += n
+
+            for f in lazy:
+                self.blocks.fill(f, block_size, self.origin_reader(source, manifest, f.path), window, advance)
+                progress.files_done += 1
+        finally:
+            with self._lock:
+                self._filling.discard(key)
+                self.progress.pop(key, None)
+        self.touch(snap.name, snap.revision)
+        self.evictor.kick()
+        return manifest
+
     def touch(self, name: str, revision: str) -> None:
         key, now = f"{name}@{revision}", time.time()
         if now - self._touched.get(key, 0.0) < TOUCH_EVERY_S:
@@ -256,6 +398,14 @@ class ModelCache:
         if self.busy(rec.name, rec.revision) or self.registry.holder(rec.name, rec.revision):
             return False
         base = self.dir(rec.name, rec.revision)
+        for path in base.glob(".mxfs-manifest-*.json"):
+            try:
+                manifest = Manifest.from_json(path.read_bytes())
+            except (OSError, ManifestError):
+                continue
+            for f in manifest.files:
+                if f.lazy:
+                    self.blocks.discard_file(f, manifest.block_size)
         if base.exists():
             trash = self.root / ".trash" / uuid.uuid4().hex
             trash.parent.mkdir(parents=True, exist_ok=True)
@@ -282,6 +432,10 @@ class ModelCache:
         self.evictor.stop()
         self._jobs.shutdown(wait=False, cancel_futures=True)
         self._parts.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            blocks, self._blocks = self._blocks, None
+        if blocks is not None:
+            blocks.close()
 
 
 def _verify(f: RemoteFile, path: Path, sha256: str, snap: Snapshot) -> None:
@@ -319,10 +473,21 @@ class HydratingOrigin:
     def resolve(self, name: str, revision: str, block_size: int) -> Manifest:
         return self.cache.ensure(self.source, self.source.snapshot(name, revision), block_size)
 
+    def ensure_all(self, manifest: Manifest) -> Manifest:
+        """Every byte of a resolved snapshot on the server (lazy blocks included)."""
+        return self.cache.ensure_all(self.source, self.source.snapshot(manifest.name, manifest.revision),
+                                     manifest.block_size)
+
+    def block_hashes(self, manifest: Manifest, path: str, first: int, count: int, lookahead: int) -> list[bytes]:
+        entry = manifest.file(validate_relpath(path))
+        return self.cache.block_hashes(self.source, manifest, entry, first, count, lookahead)
+
     def read_range(self, manifest: Manifest, path: str, offset: int, length: int) -> bytes:
         entry = manifest.file(validate_relpath(path))
         if offset < 0 or length < 0 or offset + length > entry.size:
             raise ValueError(f"range {offset}+{length} outside {path} ({entry.size} bytes)")
+        if entry.lazy:
+            return self.cache.read_lazy(self.source, manifest, entry, offset, length)
         try:
             data = self.cache.pread(manifest, path, offset, length)
         except FileNotFoundError:  # evicted: hydrate it again, then serve
@@ -333,7 +498,8 @@ class HydratingOrigin:
         return data
 
 
-def build_remote_origins(config: ServerConfig, state_dir: Path) -> list:
+def build_remote_origins(config: ServerConfig, state_dir: Path,
+                         on_origin_bytes: Callable[[int], None] | None = None) -> list:
     """Origins from ``config.origins`` / ``config.model_uris``; remote ones share one model cache."""
     from mxfs.origins.local import LocalOrigin
     from mxfs.origins.uri import open_source, parse_binding, parse_origin_uri
@@ -355,7 +521,9 @@ def build_remote_origins(config: ServerConfig, state_dir: Path) -> list:
             store = open_store(state_dir, config.metadata_backend or None, config.redis_url or None)
             registry = ModelRegistry(store, lease_ttl_s=config.lease_ttl_s)
             policy = EvictionPolicy(config.max_models, config.max_unused_s, config.min_free_bytes)
-            cache = ModelCache(state_dir, registry, policy, workers=config.origin_workers)
+            cache = ModelCache(state_dir, registry, policy, workers=config.origin_workers, mode=config.origin_mode,
+                               eager_max_bytes=config.origin_eager_bytes,
+                               block_store_bytes=config.origin_block_store_bytes, on_origin_bytes=on_origin_bytes)
         origins.append(HydratingOrigin(open_source(uri, name), cache))
     return origins
 

@@ -94,7 +94,7 @@ class ModelServicer(pb_grpc.ModelServiceServicer):
             yield update(pb.ERROR, str(exc))
             return
         yield update(pb.DOWNLOADING, f"resolving {name}@{revision or 'main'}")
-        future = self._pool.submit(self.catalog.resolve, name, revision, kinds)
+        future = self._pool.submit(self._ensure_all, name, revision, kinds)
         while True:
             try:
                 manifest: Manifest = future.result(timeout=STATUS_EVERY_S)
@@ -108,6 +108,14 @@ class ModelServicer(pb_grpc.ModelServiceServicer):
                 return
         yield update(pb.DOWNLOADED, f"{len(manifest.files)} files, {manifest.total_size} bytes",
                      manifest.revision)
+
+    def _ensure_all(self, name: str, revision: str, kinds: set[str]) -> Manifest:
+        """Resolve, then have every byte on the server (lazily served remote files included)."""
+        manifest = self.catalog.resolve(name, revision, kinds)
+        origin = self.catalog.entry(name, manifest.revision).origin
+        if isinstance(origin, HydratingOrigin) and any(f.lazy for f in manifest.files):
+            origin.ensure_all(manifest)
+        return manifest
 
     def _progress(self, name: str) -> str:
         if self.cache is not None:

@@ -21,6 +21,7 @@ from mxfs.server.metrics import ServerMetrics
 MAX_CHUNK = 4 * 1024 * 1024
 SERVICE_NAME = mxfs_pb2.DESCRIPTOR.services_by_name["MxfsService"].full_name
 MAX_RANGE = 1 << 40
+MAX_HASHES = 1024  # per GetBlockHashes reply (32 KiB of digests)
 
 
 class MxfsServicer:
@@ -59,6 +60,27 @@ class MxfsServicer:
             if name not in seen:
                 reply.models.add(name=name)
         return reply
+
+    @rpc("GetBlockHashes")
+    def GetBlockHashes(
+        self, request: mxfs_pb2.BlockHashesRequest, context: grpc.ServicerContext
+    ) -> mxfs_pb2.BlockHashesReply:
+        if not is_commit(request.revision):
+            raise ValueError("GetBlockHashes needs a resolved 40-hex revision")
+        path = validate_relpath(request.path)
+        entry = self.catalog.entry(request.name, request.revision)
+        manifest, origin = entry.manifest, entry.origin
+        f = manifest.file(path)
+        count = max(1, min(request.count, MAX_HASHES))
+        lookahead = min(request.lookahead, MAX_HASHES - count)
+        if f.lazy:
+            hashes = origin.block_hashes(manifest, path, request.first, count, lookahead)
+        else:
+            n = f.block_count(manifest.block_size)
+            if not 0 <= request.first < n:
+                raise ValueError(f"blocks {request.first}+{count} outside {path} ({n} blocks)")
+            hashes = list(f.block_hashes[request.first: request.first + count + lookahead])
+        return mxfs_pb2.BlockHashesReply(hashes=hashes)
 
     @rpc("ReadRange", streaming=True)
     def ReadRange(self, request: mxfs_pb2.RangeRequest, context: grpc.ServicerContext) -> Iterator[tuple[int, bytes]]:
@@ -101,6 +123,9 @@ def add_to_server(servicer: MxfsServicer, server: grpc.Server) -> None:
         "ListModels": grpc.unary_unary_rpc_method_handler(
             servicer.ListModels, request_deserializer=req.ListModelsRequest.FromString,
             response_serializer=req.ListModelsReply.SerializeToString),
+        "GetBlockHashes": grpc.unary_unary_rpc_method_handler(
+            servicer.GetBlockHashes, request_deserializer=req.BlockHashesRequest.FromString,
+            response_serializer=req.BlockHashesReply.SerializeToString),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
 

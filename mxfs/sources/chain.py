@@ -25,6 +25,7 @@ from mxfs.cache.memory import HotBlocks
 from mxfs.errors import BlockUnavailable, InvalidModelName, MxfsError, SourceError
 from mxfs.manifest.model import BlockKey, FileEntry, Manifest
 from mxfs.sources.base import Tier
+from mxfs.sources.hashes import BlockHashes
 from mxfs.sources.stats import FetchStats
 from mxfs.sources.threads import in_thread
 
@@ -54,8 +55,10 @@ class FetchChain:
         hot: HotBlocks,
         io_limiter: trio.CapacityLimiter,
         timeout_s: float,
+        hashes: BlockHashes | None = None,
     ) -> None:
         self.cache = cache
+        self.hashes = hashes  # expected hashes of lazy entries (none in their manifest)
         self.tiers = list(tiers)
         self.stats = stats
         self.hot = hot
@@ -70,7 +73,7 @@ class FetchChain:
         self, manifest: Manifest, entry: FileEntry, index: int, via_peers: bool = True
     ) -> bytes | bytearray:
         """Verified bytes of block ``index`` of ``entry`` (``via_peers=False``: no peer tiers)."""
-        if not entry.block_hashes:
+        if not entry.block_hashes and (self.hashes is None or not entry.lazy):
             raise InvalidModelName(f"{entry.path}: manifest has no block hashes")
         key = entry.key(index, manifest.block_size)
         data = self.hot.get(key)
@@ -101,7 +104,11 @@ class FetchChain:
         self, manifest: Manifest, entry: FileEntry, index: int, key: BlockKey, via_peers: bool = True
     ) -> bytes | bytearray:
         _, length = entry.block_span(index, manifest.block_size)
-        expected = entry.block_hashes[index]
+        if entry.lazy and self.hashes is not None:  # hashes come from the server, on demand
+            expected = await self.hashes.get(manifest, entry, index)
+            entry = self.hashes.view(manifest, entry)
+        else:
+            expected = entry.block_hashes[index]
         start = time.monotonic()
         data = await in_thread(self._from_cache, key, length, expected, limiter=self.io_limiter)
         if data is not None:

@@ -14,6 +14,7 @@ fetch to the next tier after ``hedge_after()`` seconds.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections import defaultdict
 
@@ -32,6 +33,7 @@ from mxfs.sources.threads import in_thread
 
 log = logging.getLogger(__name__)
 
+_CONTENT_ID = re.compile(r"^[0-9a-f]{64}$")
 MAX_HOLDERS_TRIED = 3
 JOIN_WAIT_S = 2.0
 FAILED_PEER_AVOID_S = 5.0
@@ -73,6 +75,8 @@ class PeerTier:
 
     async def fetch(self, manifest: Manifest, entry: FileEntry, index: int) -> bytes | bytearray:
         bs = manifest.block_size
+        if not _CONTENT_ID.match(entry.sha256):
+            raise BlockUnavailable(f"{entry.path} has no content id peers can look up")
         key = entry.key(index, bs)
         _, length = entry.block_span(index, bs)
         expected = entry.block_hashes[index]

@@ -14,7 +14,7 @@ from tests.conftest import MODEL
 from tests.peers.conftest import node_id_of, read_all
 
 
-def slow_read(model_dir: Path, out: dict, pause_s: float = 0.01) -> None:
+def slow_read(model_dir: Path, out: dict, pause_s: float = 0.02) -> None:
     """Read every file in 256 KiB steps with short pauses (keeps a transfer in progress)."""
     try:
         for p in sorted(model_dir.rglob("*")):

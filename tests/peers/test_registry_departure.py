@@ -28,7 +28,7 @@ def test_departed_nodes_disappear_from_the_registry(peer_cluster, origin_hashes)
     killed_at = time.monotonic()
     assert ids[0] in c.holders(path)
     wait_for(lambda: ids[0] not in {n.node_id for n in c.registry.nodes()}, 15, "TTL expiry")
-    assert time.monotonic() - killed_at <= 3 + 2
+    assert time.monotonic() - killed_at <= 3 + 4  # TTL + lookup cache + polling, on a busy machine
     assert ids[0] not in c.holders(path)
     # the live nodes keep their heartbeat well past the TTL
     time.sleep(4)

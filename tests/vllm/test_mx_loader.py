@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import select
 import subprocess
 import sys
 import time
@@ -25,25 +24,21 @@ class Engine:
     def __init__(self, model: Path, log: Path, load_format: str = "mx", dtype: str = "float16",
                  hold: bool = False, env: dict[str, str] | None = None) -> None:
         self.log_path = log
+        self.result = log.with_suffix(".json")
         cmd = [sys.executable, "-m", "tests.vllm.engine_proc", "--model", str(model), "--load-format",
-               load_format, "--dtype", dtype, *(["--hold"] if hold else [])]
+               load_format, "--dtype", dtype, "--result", str(self.result), *(["--hold"] if hold else [])]
         full_env = dict(os.environ, UCX_NET_DEVICES="lo", VLLM_PLUGINS="mx", PYTHONUNBUFFERED="1",
                         VLLM_LOGGING_LEVEL="INFO", **(env or {}))
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=log.open("w"), text=True, env=full_env)
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=log.open("w"),
+                                     stderr=subprocess.STDOUT, text=True, env=full_env)
         self.tokens = self._result(timeout_s=400)
 
     def _result(self, timeout_s: float) -> list[list[int]]:
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([self.proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
-            if not ready:
-                break
-            line = self.proc.stdout.readline()
-            if not line:
-                break
-            if line.startswith("RESULT "):
-                return json.loads(line[len("RESULT "):])["tokens"]
+        while time.monotonic() < deadline and self.proc.poll() is None and not self.result.exists():
+            time.sleep(0.5)
+        if self.result.exists():
+            return json.loads(self.result.read_text())["tokens"]
         self.stop()
         raise AssertionError(f"engine gave no result; log tail:\n{self.log()[-4000:]}")
 

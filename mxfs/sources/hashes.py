@@ -1,0 +1,141 @@
+"""Block hashes of lazily served files, asked from the server and remembered on disk.
+
+A remote file the server serves lazily has no block hashes in its manifest (see
+``mxfs.server.model_cache``). Before the fetch chain can verify such a block it asks the
+server ``GetBlockHashes`` for it (the server reads that block from the origin if nobody
+has yet) plus a lookahead window of hashes the server already knows. Answers are kept in
+memory and appended to ``<state>/manifests/.block-hashes/<content id>-<block size>``, so
+a restarted daemon verifies the blocks it has cached even while the server is away.
+
+Each (file, block) is asked once at a time: the chain already shares one load per block,
+and a second asker of a block that is in flight waits for that answer.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+import threading
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import overload
+
+import trio
+
+from mxfs.errors import BlockUnavailable
+from mxfs.manifest.model import FileEntry, Manifest
+from mxfs.rpc.client import MxfsClient
+from mxfs.sources.threads import in_thread
+
+log = logging.getLogger(__name__)
+
+WINDOW = 16
+_RECORD = struct.Struct("<I32s")  # block index, sha256 digest
+
+FileId = tuple[str, int]  # (content id, block size)
+
+
+class KnownHashes(Sequence[bytes]):
+    """The ``block_hashes`` of a lazy entry as far as they are known (unknown ones raise)."""
+
+    def __init__(self, count: int, known: dict[int, bytes]) -> None:
+        self._count = count
+        self._known = known
+
+    def __len__(self) -> int:
+        return self._count
+
+    @overload
+    def __getitem__(self, index: int) -> bytes: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[bytes]: ...
+
+    def __getitem__(self, index: int | slice) -> bytes | Sequence[bytes]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self._count))]
+        digest = self._known.get(index)
+        if digest is None:
+            raise BlockUnavailable(f"hash of block {index} is not known yet")
+        return digest
+
+
+class BlockHashes:
+    """Expected sha256 of blocks of lazy entries: memory, then local disk, then the server."""
+
+    def __init__(self, client: MxfsClient, state_dir: Path, limiter: trio.CapacityLimiter,
+                 window: int = WINDOW) -> None:
+        self.client = client
+        self.dir = Path(state_dir) / "manifests" / ".block-hashes"
+        self.limiter = limiter
+        self.window = max(1, window)
+        self._known: dict[FileId, dict[int, bytes]] = {}
+        self._flights: dict[tuple[FileId, int], trio.Event] = {}
+        self._file_lock = threading.Lock()
+        self.asked = 0  # GetBlockHashes calls made (for tests and status)
+
+    def _path(self, fid: FileId) -> Path:
+        return self.dir / f"{fid[0]}-{fid[1]}"
+
+    def _load(self, fid: FileId) -> dict[int, bytes]:
+        try:
+            raw = self._path(fid).read_bytes()
+        except OSError:
+            return {}
+        whole = len(raw) - len(raw) % _RECORD.size  # a torn last record is ignored
+        return dict(_RECORD.iter_unpack(raw[:whole]))
+
+    def _append(self, fid: FileId, found: dict[int, bytes]) -> None:
+        data = b"".join(_RECORD.pack(i, d) for i, d in sorted(found.items()))
+        try:
+            with self._file_lock:
+                self.dir.mkdir(parents=True, exist_ok=True)
+                with open(self._path(fid), "ab") as fh:
+                    fh.write(data)
+        except OSError as exc:  # memory still has them; only a restart would ask again
+            log.warning("cannot persist block hashes of %s: %s", fid[0][:12], exc)
+
+    async def _memo(self, fid: FileId) -> dict[int, bytes]:
+        known = self._known.get(fid)
+        if known is None:
+            loaded = await in_thread(self._load, fid)
+            known = self._known.setdefault(fid, loaded)
+        return known
+
+    def _ask(self, manifest: Manifest, entry: FileEntry, index: int) -> dict[int, bytes]:
+        """One GetBlockHashes call: block ``index`` plus the known rest of its window (blocking)."""
+        n = entry.block_count(manifest.block_size)
+        lookahead = max(0, min(self.window - 1, n - index - 1))
+        hashes = self.client.block_hashes(manifest.name, manifest.revision, entry.path, index, 1, lookahead)
+        found = {index + i: h for i, h in enumerate(hashes) if len(h) == 32}
+        if index not in found:
+            raise BlockUnavailable(f"server sent no hash for block {index} of {manifest.name}/{entry.path}")
+        return found
+
+    async def get(self, manifest: Manifest, entry: FileEntry, index: int) -> bytes:
+        """The expected sha256 digest of block ``index`` of ``entry``."""
+        fid = (entry.sha256, manifest.block_size)
+        known = await self._memo(fid)
+        while (digest := known.get(index)) is None:
+            flight = self._flights.get((fid, index))
+            if flight is not None:
+                await flight.wait()
+                continue
+            flight = self._flights[(fid, index)] = trio.Event()
+            try:
+                self.asked += 1
+                found = await in_thread(self._ask, manifest, entry, index, limiter=self.limiter, abandon=True)
+                new = {i: h for i, h in found.items() if i not in known}
+                known.update(new)
+                if new:
+                    await in_thread(self._append, fid, new)
+            finally:
+                del self._flights[(fid, index)]
+                flight.set()
+        return digest
+
+    def view(self, manifest: Manifest, entry: FileEntry) -> FileEntry:
+        """``entry`` with the hashes known so far as its ``block_hashes`` (for tiers that verify)."""
+        known = self._known.get((entry.sha256, manifest.block_size), {})
+        return replace(entry, block_hashes=KnownHashes(entry.block_count(manifest.block_size), known))  # type: ignore[arg-type]
