@@ -26,6 +26,7 @@ from mxfs.rpc import node_pb2
 from mxfs.rpc.client import MxfsClient
 from mxfs.sources.chain import FetchChain
 from mxfs.sources.hashes import BlockHashes
+from mxfs.sources.origin import OriginTier
 from mxfs.sources.reader import BlockReader
 from mxfs.sources.resolver import ManifestResolver
 from mxfs.sources.server import ServerTier
@@ -67,6 +68,7 @@ class NodeDaemon:
         self.io_limiter = trio.CapacityLimiter(config.fetch_workers)
         self.peers = PeerCache(config, self.cache_dir, self.cache, self.stats) if config.peer_port else None
         self.tiers = [*([self.peers.tier] if self.peers else []),
+                      *([OriginTier.from_uris(config.origin_direct, self.rpc_limiter)] if config.origin_direct else []),
                       ServerTier(self.client, self.rpc_limiter, config.fetch_timeout)]
         self.hashes = BlockHashes(self.client, self.cache_dir, self.rpc_limiter)
         self.chain = FetchChain(self.cache, self.tiers, self.stats, HotBlocks(HOT_BLOCKS_BYTES),

@@ -111,6 +111,8 @@ class MountConfig:
     peer_swarm: bool = _opt(True, "cold fleets split first fetches between nodes, then exchange")
     peer_hedge: float = _opt(1.0, "min seconds before a slow peer fetch is hedged to the server")
     peer_workers: int = _opt(16, "concurrent peer requests served (bounds memory: workers x block size)")
+    origin_direct: list = _opt(None, "origins this node reads blocks from itself (hf, s3://B/P, ...), "
+                               "with its own credentials; must match the server's --origin")
 
     def validate(self) -> None:
         if not self.mountpoint:
@@ -149,7 +151,7 @@ def _coerce(value: Any, default: Any, name: str) -> Any:
             return parse_size(value)
         if kind in (int, float, str) and not isinstance(value, kind):
             return kind(value)
-        if name in ("models", "origins", "model_uris") and isinstance(value, str):
+        if name in ("models", "origins", "model_uris", "origin_direct") and isinstance(value, str):
             return [v for v in value.replace(",", " ").split() if v]
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{name}: cannot use {value!r}: {exc}") from exc
