@@ -169,3 +169,12 @@ def test_block_hashes_on_demand_single_flight_and_ensure(s3_env, s3_model, inpro
     assert client.block_hashes(MODEL, manifest.revision, entry.path, 0, 1, lookahead=15) == digest[:16]
     assert egress() - at_resolve == lazy_total
     client.close()
+
+
+def test_hydrate_mode_downloads_the_whole_snapshot_with_the_manifest(hub, inproc_server, models_dir, origin_hashes):
+    hub.add_dir(HF_NAME, models_dir / MODEL)
+    server = inproc_server(origins=["hf"], origin_mode="hydrate", origin_eager_bytes=EAGER)
+    manifest = MxfsClient(server.address).get_manifest(HF_NAME)
+    assert not any(f.lazy for f in manifest.files) and all(f.digest_verified for f in manifest.files)
+    total = sum((models_dir / MODEL / rel).stat().st_size for rel in origin_hashes)
+    assert server.metrics.origin_bytes._value.get() == total == sum(hub.bytes_sent.values())
