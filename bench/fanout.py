@@ -24,6 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.common import read_all
 from mxfs.config import parse_size
 from mxfs.demo import free_port, wait_for
 from mxfs.modelgen import ModelShape, generate_model
@@ -32,24 +33,13 @@ from mxfs.peer.registry import HolderRegistryClient
 from tests.support.cluster import MountProc, ServerProc
 
 MODEL = "bench/fanout-model"
-READ_SIZE = 4 << 20
 TOKEN = "fanout-bench-token"
 
 
 def read_tree(root: Path, out: list, slot: int) -> None:
-    """Read every file under ``root`` sequentially; store (bytes, seconds) or the error."""
-    buf = bytearray(READ_SIZE)
-    view = memoryview(buf)
-    total, start = 0, time.perf_counter()
+    """Read every file under ``root``; store (bytes, seconds) or the error in ``out[slot]``."""
     try:
-        for path in sorted(p for p in root.rglob("*") if p.is_file()):
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                while n := os.readv(fd, [view]):
-                    total += n
-            finally:
-                os.close(fd)
-        out[slot] = (total, time.perf_counter() - start)
+        out[slot] = read_all(root)
     except OSError as exc:
         out[slot] = exc
 

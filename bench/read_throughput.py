@@ -18,28 +18,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.common import read_all
 from mxfs.config import parse_size
 from mxfs.modelgen import ModelShape, generate_model
 from tests.support.cluster import MountProc, ServerProc
 
 MODEL = "bench/model"
-READ_SIZE = 1 << 20
-
-
-def read_all(root: Path) -> tuple[int, float]:
-    """Sequentially read every file under ``root`` with 1 MiB page-aligned reads."""
-    buf = bytearray(READ_SIZE)
-    view = memoryview(buf)
-    total = 0
-    start = time.perf_counter()
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            while n := os.readv(fd, [view]):
-                total += n
-        finally:
-            os.close(fd)
-    return total, time.perf_counter() - start
 
 
 def drop_page_cache() -> bool:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import signal
 import socket
@@ -11,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+from mxfs.manifest.builder import file_sha256
 from mxfs.manifest.names import hub_folder
 from mxfs.modelgen import ModelShape, generate_model
 
@@ -30,14 +30,6 @@ def wait_for(predicate, timeout_s: float, what: str) -> None:
             return
         time.sleep(0.1)
     raise TimeoutError(f"timed out after {timeout_s:g}s waiting for {what}")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(8 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def run_demo(workdir: Path, size: int, check: bool = False) -> int:
@@ -80,7 +72,7 @@ def run_demo(workdir: Path, size: int, check: bool = False) -> int:
         print(f"model {DEMO_MODEL}: {len(files)} files, shown before any weight byte moved")
         if check:
             for rel in files:
-                ok = _sha256(mnt / DEMO_MODEL / rel) == _sha256(origin / rel)
+                ok = file_sha256(mnt / DEMO_MODEL / rel) == file_sha256(origin / rel)
                 print(f"  {'OK ' if ok else 'BAD'} {rel}")
                 if not ok:
                     return 1

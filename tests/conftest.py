@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from mxfs.manifest.builder import file_sha256
 from mxfs.modelgen import ModelShape, generate_model
 from tests.support.cluster import MountProc, ServerProc, fuse_available
 
@@ -16,12 +16,7 @@ MODEL = "test-org/tiny-llama"
 BLOCK_SIZE = 256 * 1024
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(4 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+sha256_file = file_sha256  # the helper every test imports from here
 
 
 @pytest.fixture(scope="session")
@@ -98,6 +93,22 @@ def mxfs_mount(start_server, start_mount, models_dir: Path) -> MountedModel:
     server = start_server()
     daemon = start_mount(server)
     return MountedModel(daemon.mountpoint, models_dir, MODEL, server, daemon)
+
+
+@pytest.fixture(params=["embedded", "redis"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator:
+    """A registry store, once embedded (sqlite) and once on the real redis-server."""
+    import uuid
+
+    from mxfs.registry.store import EmbeddedStore, RedisStore
+
+    if request.param == "embedded":
+        s = EmbeddedStore(tmp_path / "registry.sqlite3")
+    else:
+        redis_server = request.getfixturevalue("redis_server")
+        s = RedisStore(redis_server.url, prefix=f"t{uuid.uuid4().hex[:12]}:")
+    yield s
+    s.close()
 
 
 @pytest.fixture(scope="session")

@@ -60,6 +60,15 @@ def hash_file(path: Path, block_size: int) -> tuple[str, tuple[bytes, ...], int]
     return whole.hexdigest(), tuple(blocks), size
 
 
+def file_sha256(path: Path | str) -> str:
+    """Hex sha256 of a whole file, read in 8 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb", buffering=0) as fh:
+        while chunk := fh.read(_READ_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def read_tensors(path: Path, size: int) -> tuple:
     """Tensor index of a safetensors file (validated; raises SafetensorsHeaderError)."""
     with open(path, "rb") as fh:

@@ -7,6 +7,7 @@ package's own dependencies are importable.
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -28,18 +29,20 @@ def is_stale(proto_root: Path, out_root: Path) -> bool:
 
 
 def generate(proto_root: Path, out_root: Path) -> None:
-    """Compile every proto under ``proto_root`` into ``out_root`` (mirrors the paths)."""
-    from grpc_tools import protoc
+    """Compile every proto under ``proto_root`` into ``out_root`` (mirrors the paths).
 
-    try:
-        from importlib.resources import files
+    protoc runs in a child process: its bundled protobuf library must not be loaded into a
+    process that later loads other native protobuf copies (NIXL aborts beside it).
+    """
+    import importlib.util
 
-        include = str(files("grpc_tools") / "_proto")
-    except Exception:  # pragma: no cover - very old grpc_tools
-        include = str(Path(protoc.__file__).parent / "_proto")
+    spec = importlib.util.find_spec("grpc_tools")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("grpcio-tools is required to build the gRPC stubs")
+    include = str(Path(next(iter(spec.submodule_search_locations))) / "_proto")
     protos = [str(p.relative_to(proto_root)) for p in proto_files(proto_root)]
     args = [
-        "protoc",
+        sys.executable, "-m", "grpc_tools.protoc",
         f"-I{proto_root}",
         f"-I{include}",
         f"--python_out={out_root}",
@@ -47,9 +50,9 @@ def generate(proto_root: Path, out_root: Path) -> None:
         f"--grpc_python_out={out_root}",
         *protos,
     ]
-    code = protoc.main(args)
-    if code != 0:
-        raise RuntimeError(f"protoc failed with exit code {code}: {' '.join(args)}")
+    result = subprocess.run(args, cwd=proto_root, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"protoc failed ({result.returncode}): {result.stderr.strip()}")
 
 
 if __name__ == "__main__":

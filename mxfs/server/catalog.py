@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mxfs.errors import ModelNotFound
-from mxfs.manifest.model import Manifest
-from mxfs.manifest.names import is_commit, validate_name, validate_revision
+from mxfs.manifest.model import FileEntry, Manifest
+from mxfs.manifest.names import is_commit, validate_name, validate_relpath, validate_revision
 from mxfs.origins.base import Origin
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,13 @@ class ModelCatalog:
             raise ModelNotFound(f"revision {revision} of {name} is unknown")
         entry.last_used = time.time()
         return entry
+
+    def file(self, name: str, revision: str, path: str) -> tuple[CatalogEntry, FileEntry]:
+        """One file of a resolved (40-hex) revision, for the range and hash requests."""
+        if not is_commit(revision):
+            raise ValueError("a resolved 40-hex revision is required")
+        entry = self.entry(name, revision)
+        return entry, entry.manifest.file(validate_relpath(path))
 
     def _lookup(self, name: str, revision: str) -> CatalogEntry | None:
         with self._lock:

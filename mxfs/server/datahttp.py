@@ -16,7 +16,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from mxfs.manifest.names import is_commit, validate_relpath
 from mxfs.server.catalog import ModelCatalog
 from mxfs.server.errors import http_status_of
 from mxfs.server.metrics import ServerMetrics
@@ -71,12 +70,9 @@ class RangeHandler(BaseHTTPRequestHandler):
             return
         try:
             q = {k: v[0] for k, v in parse_qs(url.query, strict_parsing=True).items()}
-            name, revision, path = q["model"], q["revision"], validate_relpath(q["path"])
             offset, length = int(q["offset"]), int(q["length"])
-            if not is_commit(revision):
-                raise ValueError("a resolved 40-hex revision is required")
-            entry = self.server.catalog.entry(name, revision)
-            f = entry.manifest.file(path)
+            entry, f = self.server.catalog.file(q["model"], q["revision"], q["path"])
+            path = f.path
             if offset < 0 or length < 0 or length > MAX_RANGE or offset + length > f.size:
                 raise ValueError(f"range {offset}+{length} outside {path} ({f.size} bytes)")
         except Exception as exc:  # every failure becomes one HTTP status (errors.http_status_of)

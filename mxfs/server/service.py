@@ -8,7 +8,6 @@ from collections.abc import Iterator
 import grpc
 
 import mxfs
-from mxfs.manifest.names import is_commit, validate_relpath
 from mxfs.rpc import model_express_health_pb2 as health_pb2
 from mxfs.rpc import model_express_health_pb2_grpc as health_grpc
 from mxfs.rpc import mxfs_pb2
@@ -65,12 +64,8 @@ class MxfsServicer:
     def GetBlockHashes(
         self, request: mxfs_pb2.BlockHashesRequest, context: grpc.ServicerContext
     ) -> mxfs_pb2.BlockHashesReply:
-        if not is_commit(request.revision):
-            raise ValueError("GetBlockHashes needs a resolved 40-hex revision")
-        path = validate_relpath(request.path)
-        entry = self.catalog.entry(request.name, request.revision)
-        manifest, origin = entry.manifest, entry.origin
-        f = manifest.file(path)
+        entry, f = self.catalog.file(request.name, request.revision, request.path)
+        manifest, origin, path = entry.manifest, entry.origin, f.path
         count = max(1, min(request.count, MAX_HASHES))
         lookahead = min(request.lookahead, MAX_HASHES - count)
         if f.lazy:
@@ -84,12 +79,8 @@ class MxfsServicer:
 
     @rpc("ReadRange", streaming=True)
     def ReadRange(self, request: mxfs_pb2.RangeRequest, context: grpc.ServicerContext) -> Iterator[tuple[int, bytes]]:
-        if not is_commit(request.revision):
-            raise ValueError("ReadRange needs a resolved 40-hex revision")
-        path = validate_relpath(request.path)
-        entry = self.catalog.entry(request.name, request.revision)
-        manifest, origin = entry.manifest, entry.origin
-        f = manifest.file(path)
+        entry, f = self.catalog.file(request.name, request.revision, request.path)
+        manifest, origin, path = entry.manifest, entry.origin, f.path
         offset, length = request.offset, request.length
         if length > MAX_RANGE or offset + length > f.size:
             raise ValueError(f"range {offset}+{length} outside {path} ({f.size} bytes)")

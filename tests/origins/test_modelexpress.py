@@ -44,12 +44,11 @@ CLIENT = textwrap.dedent("""
 
 @pytest.fixture(scope="module")
 def generated_client(tmp_path_factory) -> Path:
-    from grpc_tools import protoc
-
     out = tmp_path_factory.mktemp("mxclient")
     (out / "mxmodel.proto").write_text(PROTO.read_text())
-    assert protoc.main(["protoc", f"-I{out}", f"--python_out={out}", f"--grpc_python_out={out}",
-                        str(out / "mxmodel.proto")]) == 0
+    # protoc in its own process: its bundled protobuf must never share a process with NIXL's
+    subprocess.run([sys.executable, "-m", "grpc_tools.protoc", f"-I{out}", f"--python_out={out}",
+                    f"--grpc_python_out={out}", str(out / "mxmodel.proto")], check=True, timeout=120)
     (out / "client.py").write_text(CLIENT)
     return out
 

@@ -4,27 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import time
-import uuid
 
 import pytest
 
 from mxfs.p2p.errors import SourceGone
 from mxfs.p2p.model import SourceIdentity, SourceInfo, Status
 from mxfs.p2p.registry import SourceRegistry
-from mxfs.registry.store import EmbeddedStore, RedisStore
 
 IDENT = SourceIdentity("org/m", "a" * 40, "bfloat16", tp_size=2, rank=1, backend_version="0.32.0")
-
-
-@pytest.fixture(params=["embedded", "redis"])
-def store(request, tmp_path):
-    if request.param == "embedded":
-        s = EmbeddedStore(tmp_path / "reg.sqlite3")
-    else:
-        redis_server = request.getfixturevalue("redis_server")
-        s = RedisStore(redis_server.url, prefix=f"t{uuid.uuid4().hex[:8]}:")
-    yield s
-    s.close()
 
 
 def info(source_id: str, identity: SourceIdentity = IDENT, status: Status = Status.READY) -> SourceInfo:

@@ -18,7 +18,6 @@ from mxfs.peer.bitmap import MAX_BITMAP_BYTES, BitmapError, BlockSet
 from mxfs.peer.holdings import Holdings
 from mxfs.peer.registry import PeerNode
 from mxfs.peer.swarm import owner, rank_holders
-from mxfs.registry.store import EmbeddedStore, RedisStore
 from mxfs.server.holders import HolderRegistry
 from mxfs.sources.chain import FetchChain
 from mxfs.sources.stats import FetchStats
@@ -50,17 +49,6 @@ def test_holdings_batches_only_changed_files():
     h.changed([], [b])
     (only,) = h.take_dirty()
     assert only.sha256 == "cd" * 32 and len(only.blocks) == 0  # an empty set withdraws the file
-
-
-@pytest.fixture(params=["embedded", "redis"])
-def store(request, tmp_path):
-    if request.param == "embedded":
-        s = EmbeddedStore(tmp_path / "r.sqlite3")
-    else:
-        redis_server = request.getfixturevalue("redis_server")
-        s = RedisStore(redis_server.url, prefix=f"t{time.monotonic_ns()}:")
-    yield s
-    s.close()
 
 
 def test_registry_announce_lookup_withdraw_and_ttl(store):

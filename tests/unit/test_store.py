@@ -6,18 +6,7 @@ import time
 
 import pytest
 
-from mxfs.registry.store import EmbeddedStore, RedisStore, open_store
-
-
-@pytest.fixture(params=["embedded", "redis"])
-def store(request, tmp_path):
-    if request.param == "embedded":
-        s = EmbeddedStore(tmp_path / "r.sqlite3")
-    else:
-        redis_server = request.getfixturevalue("redis_server")
-        s = RedisStore(redis_server.url, prefix=f"t{time.monotonic_ns()}:")
-    yield s
-    s.close()
+from mxfs.registry.store import EmbeddedStore, open_store
 
 
 def test_put_get_delete(store):
