@@ -17,6 +17,7 @@ from mxfs import __version__
 from mxfs.cache.blocks import BlockCache
 from mxfs.cache.memory import HotBlocks
 from mxfs.config import MountConfig
+from mxfs.errors import MxfsError
 from mxfs.fuse.ops import MxfsOperations
 from mxfs.fuse.tree import Tree
 from mxfs.manifest.model import Manifest
@@ -124,7 +125,7 @@ class NodeDaemon:
             try:
                 await self.ops.ensure_model(ref)
                 log.info("model %s ready at %s/%s", ref, self.mountpoint, ref.name)
-            except Exception as exc:
+            except MxfsError as exc:  # the daemon still serves other models; lookups retry it
                 log.error("cannot resolve %s: %s", ref, exc)
 
     async def _housekeeping(self) -> None:

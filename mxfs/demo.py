@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+from mxfs.errors import MxfsError
 from mxfs.manifest.builder import file_sha256
 from mxfs.manifest.names import hub_folder
 from mxfs.modelgen import ModelShape, generate_model
@@ -57,7 +58,7 @@ def run_demo(workdir: Path, size: int, check: bool = False) -> int:
         def server_up() -> bool:
             try:
                 return client.health(timeout_s=1).status == "ok"
-            except Exception:
+            except MxfsError:
                 return False
 
         wait_for(server_up, 30, "the server")
