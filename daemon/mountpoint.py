@@ -65,6 +65,9 @@ def tune(path: str | Path, read_ahead_kb: int = 1024, max_background: int = 64) 
     """
     st = os.stat(path)
     major, minor = os.major(st.st_dev), os.minor(st.st_dev)
+    connections = Path("/sys/fs/fuse/connections")
+    if connections.is_dir() and not any(connections.iterdir()):  # fusectl not mounted yet
+        subprocess.run(["mount", "-t", "fusectl", "fusectl", str(connections)], capture_output=True, timeout=10)
     for file, value in (
         (f"/sys/class/bdi/{major}:{minor}/read_ahead_kb", read_ahead_kb),
         (f"/sys/fs/fuse/connections/{minor}/max_background", max_background),

@@ -148,6 +148,7 @@ class NodeDaemon:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 self.reader.start(nursery)
+                self.chain.start(nursery)
                 nursery.start_soon(self._signals)
                 nursery.start_soon(self._housekeeping)
                 nursery.start_soon(in_thread, mountpoint.tune, self.mountpoint)

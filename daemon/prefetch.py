@@ -60,6 +60,7 @@ class Prefetcher:
                     for item in work:
                         await send.send(item)
                 await receive.aclose()
+            await self.chain.drain()  # "finished" means every block is on disk
         except MxfsError as exc:
             job.error = str(exc)
             log.warning("prefetch of %s failed: %s", job.name, exc)

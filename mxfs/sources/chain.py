@@ -32,6 +32,8 @@ from mxfs.sources.threads import in_thread
 log = logging.getLogger(__name__)
 
 
+MAX_PENDING_WRITES = 16  # blocks held in memory while they wait for the disk
+
 def digest_ok(data: bytes | bytearray | memoryview, expected: bytes) -> bool:
     """sha256 check (hashlib releases the GIL, so call it from a worker thread)."""
     return hashlib.sha256(data).digest() == expected
@@ -65,6 +67,20 @@ class FetchChain:
         self.io_limiter = io_limiter
         self.timeout_s = timeout_s
         self._flights: dict[BlockKey, _Flight] = {}
+        self._writer: trio.Nursery | None = None
+        self._writes = trio.CapacityLimiter(4)
+        self._pending_writes = 0
+        self._writes_idle = trio.Event()
+        self._writes_idle.set()
+
+    def start(self, nursery: trio.Nursery) -> None:
+        """Write fetched blocks to the cache in the background (the read returns first)."""
+        self._writer = nursery
+
+    async def drain(self) -> None:
+        """Wait until every background cache write has finished."""
+        while self._pending_writes:
+            await self._writes_idle.wait()
 
     def is_cached(self, manifest: Manifest, entry: FileEntry, index: int) -> bool:
         return self.cache.contains(entry.key(index, manifest.block_size))
@@ -116,8 +132,21 @@ class FetchChain:
             return data
         tiers = [t for t in self.tiers if via_peers or not getattr(t, "is_peer", False)]
         raw = await self._remote(tiers, manifest, entry, index, length, expected)
-        await in_thread(self._store, key, raw, limiter=self.io_limiter)
+        if self._writer is None or self._pending_writes >= MAX_PENDING_WRITES:  # backpressure
+            await in_thread(self._store, key, raw, limiter=self.io_limiter)
+        else:  # the reader gets the bytes now; a write failure never fails a read anyway
+            self._pending_writes += 1
+            self._writes_idle = trio.Event()
+            self._writer.start_soon(self._store_in_background, key, raw)
         return raw
+
+    async def _store_in_background(self, key: BlockKey, raw: bytes | bytearray) -> None:
+        try:
+            await in_thread(self._store, key, raw, limiter=self._writes)
+        finally:
+            self._pending_writes -= 1
+            if not self._pending_writes:
+                self._writes_idle.set()
 
     async def _remote(
         self, tiers: Sequence[Tier], manifest: Manifest, entry: FileEntry, index: int,
