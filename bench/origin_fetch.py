@@ -95,10 +95,12 @@ def bench_mxfs(work: Path, s3: S3Server) -> float | str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--size", default="256MiB", help="file size (default 256MiB)")
+    ap.add_argument("--workdir", help="keep everything (logs included) in this directory")
     args = ap.parse_args()
     size = parse_size(args.size)
     with tempfile.TemporaryDirectory(prefix="mxfs-bench-") as tmp:
-        work = Path(tmp)
+        work = Path(args.workdir or tmp)
+        work.mkdir(parents=True, exist_ok=True)
         s3 = S3Server(work / "s3", buckets=(BUCKET,)).start()
         try:
             os.environ.update(s3.env())
@@ -110,7 +112,7 @@ def main() -> int:
             results = {
                 "boto3 download_file (8 threads)": bench_boto3(s3, work / "boto3.out"),
                 "runai-model-streamer s3://": bench_runai(),
-                "mxfs cold mount read (server hydrate + FUSE)": bench_mxfs(work, s3),
+                "mxfs cold mount read (lazy origin + FUSE)": bench_mxfs(work, s3),
             }
         finally:
             s3.stop()

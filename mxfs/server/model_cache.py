@@ -242,6 +242,7 @@ class ModelCache:
         shutil.rmtree(base / ".partial", ignore_errors=True)
         manifest = Manifest(snap.name, snap.revision, block_size, tuple(entries), snap.origin)
         path = self._manifest_path(snap.name, snap.revision, block_size)
+        path.parent.mkdir(parents=True, exist_ok=True)  # a snapshot of lazy files only has no files/ yet
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
         tmp.write_text(manifest.to_json())
         os.replace(tmp, path)
