@@ -207,6 +207,10 @@ class OriginBlocks:
     def read_range(self, entry: FileEntry, block_size: int, offset: int, length: int, read: OriginRead) -> bytes:
         """Bytes ``[offset, offset+length)`` of a lazy file, block by block."""
         indices = entry.blocks_for(offset, length, block_size)
+        if len(indices) == 1 and offset == indices[0] * block_size:
+            data = self.block(entry, block_size, indices[0], read)  # a node's whole-block read: no copy
+            if len(data) == length:
+                return data
         got = self.blocks(entry, block_size, indices, read)
         out = bytearray()
         end = offset + length
