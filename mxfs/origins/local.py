@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import threading
 from pathlib import Path
 
 from mxfs.errors import ModelNotFound
+from mxfs.fileio import pread_file
 from mxfs.manifest.builder import DigestCache, build_manifest
 from mxfs.manifest.model import Manifest
 from mxfs.manifest.names import DEFAULT_REVISION, is_commit, validate_name, validate_relpath
@@ -66,11 +66,7 @@ class LocalOrigin:
         entry = manifest.file(validate_relpath(path))
         if offset < 0 or length < 0 or offset + length > entry.size:
             raise ValueError(f"range {offset}+{length} outside {path} ({entry.size} bytes)")
-        fd = os.open(self._dir(manifest.name) / path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            data = os.pread(fd, length, offset)
-        finally:
-            os.close(fd)
+        data = pread_file(self._dir(manifest.name) / path, offset, length)
         if len(data) != length:
             raise ModelNotFound(f"{manifest.name}/{path} shrank at the origin")
         return data

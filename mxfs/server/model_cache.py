@@ -39,6 +39,7 @@ from pathlib import Path
 
 from mxfs.config import ServerConfig
 from mxfs.errors import IntegrityError, ManifestError, SourceError
+from mxfs.fileio import pread_file
 from mxfs.manifest.builder import hash_file, read_tensors
 from mxfs.manifest.model import FileEntry, Manifest
 from mxfs.manifest.names import validate_relpath
@@ -314,11 +315,7 @@ class ModelCache:
 
     def pread(self, manifest: Manifest, path: str, offset: int, length: int) -> bytes:
         """Raises FileNotFoundError when the snapshot was evicted."""
-        fd = os.open(self.dir(manifest.name, manifest.revision) / "files" / path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            data = os.pread(fd, length, offset)
-        finally:
-            os.close(fd)
+        data = pread_file(self.dir(manifest.name, manifest.revision) / "files" / path, offset, length)
         if len(data) != length:
             raise IntegrityError(f"cached {manifest.name}/{path} is shorter than its manifest says")
         return data
