@@ -184,6 +184,8 @@ class MxfsOperations(pyfuse3.Operations):
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
         key = os.fsdecode(name)
         if key.startswith(XATTR_PREFIX):
+            if self.tree.get(inode).entry is not None:
+                await self.reader.chain.drain()  # bytes already read count as cached ("backing")
             value = self.xattrs(self.tree.get(inode)).get(key[len(XATTR_PREFIX) :])
             if value is not None:
                 return value.encode()
@@ -191,4 +193,6 @@ class MxfsOperations(pyfuse3.Operations):
 
     @translated("listxattr")
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        if self.tree.get(inode).entry is not None:
+            await self.reader.chain.drain()
         return [(XATTR_PREFIX + k).encode() for k in self.xattrs(self.tree.get(inode))]

@@ -135,8 +135,9 @@ class FetchChain:
         if self._writer is None or self._pending_writes >= MAX_PENDING_WRITES:  # backpressure
             await in_thread(self._store, key, raw, limiter=self.io_limiter)
         else:  # the reader gets the bytes now; a write failure never fails a read anyway
+            if not self._pending_writes:  # one event per busy period: every drain() sees it set
+                self._writes_idle = trio.Event()
             self._pending_writes += 1
-            self._writes_idle = trio.Event()
             self._writer.start_soon(self._store_in_background, key, raw)
         return raw
 

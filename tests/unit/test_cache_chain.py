@@ -153,3 +153,22 @@ def test_corrupt_cached_block_is_refetched(tmp_path):
     cache.put(key, b"\0" * BS)  # wrong bytes on disk
     assert trio.run(chain.block, m, m.files[0], 0) == data[:BS]
     assert tier.calls == 1 and chain.stats.snapshot()["corrupt"] == {"local": 1}
+
+
+def test_background_writes_drain_and_land_in_the_cache(tmp_path):
+    data = bytes(range(256)) * 1024  # 4 blocks
+    m = _manifest(data)
+    chain, cache = _chain(tmp_path, [BytesTier("server", data)])
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            chain.start(nursery)
+            got = [await chain.block(m, m.files[0], i) for i in range(4)]
+            await chain.drain()
+            assert all(cache.contains(m.files[0].key(i, BS)) for i in range(4))
+            await chain.drain()  # idle: returns at once
+            nursery.cancel_scope.cancel()
+        return got
+
+    got = trio.run(main)
+    assert b"".join(got) == data
