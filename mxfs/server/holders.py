@@ -141,13 +141,16 @@ class HolderRegistry:
     # -- reads ----------------------------------------------------------------------------
 
     def holders(self, sha256: str, block_size: int) -> list[tuple[str, str, bytes]]:
-        """(node id, address, bitmap) of live holders; fields of dead nodes are dropped."""
+        """(node id, address, bitmap) of live holders.
+
+        Fields of dead nodes are only filtered here, never deleted: a read with a slightly stale
+        view of the live nodes must not delete what a (re)joining node has just announced.
+        A clean shutdown deletes its fields (``withdraw``); a crashed node's small bitmaps go
+        with the file's hash once nobody announces that file for ``FILE_TTL_S``.
+        """
         key = f"holders:file:{_file_key(sha256, block_size)}"
         fields = self.store.hgetall(key)
         live = self.live_nodes()
-        dead = [n for n in fields if n not in live]
-        if dead:
-            self.store.hdel(key, *dead)
         return sorted((n, live[n], bm) for n, bm in fields.items() if n in live)
 
     def swarm(self, swarm: str) -> list[tuple[str, str]]:
