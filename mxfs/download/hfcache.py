@@ -25,6 +25,7 @@ from pathlib import Path
 import grpc
 
 from mxfs.errors import IntegrityError, ModelNotFound, SourceError
+from mxfs.fileio import atomic_write
 from mxfs.manifest.model import FileEntry, Manifest
 from mxfs.manifest.names import DEFAULT_REVISION, hub_folder, is_commit, validate_relpath
 from mxfs.rpc import model_express_model_pb2 as pb
@@ -151,9 +152,7 @@ class HubCacheWriter:
         if ref and not is_commit(ref):
             refs = self.repo / "refs" / ref
             refs.parent.mkdir(parents=True, exist_ok=True)
-            tmp = refs.with_name(f".{refs.name}.{os.getpid()}.tmp")
-            tmp.write_text(manifest.revision)
-            os.replace(tmp, refs)
+            atomic_write(refs, manifest.revision)
         return final
 
 

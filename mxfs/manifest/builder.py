@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from mxfs.errors import ManifestError
+from mxfs.fileio import atomic_write
 from mxfs.manifest.model import FileEntry, Manifest
 from mxfs.manifest.names import validate_relpath
 from mxfs.manifest.safetensors import parse_header
@@ -115,9 +116,7 @@ class DigestCache:
             return
         with self._lock:
             data = json.dumps(self._entries)
-        tmp = self._path.with_suffix(".tmp")
-        tmp.write_text(data)
-        os.replace(tmp, self._path)
+        atomic_write(self._path, data)
 
 
 def content_revision(entries: Iterable[FileEntry]) -> str:

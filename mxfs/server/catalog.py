@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mxfs.errors import ModelNotFound
+from mxfs.fileio import atomic_write
 from mxfs.manifest.model import FileEntry, Manifest
 from mxfs.manifest.names import is_commit, validate_name, validate_relpath, validate_revision
 from mxfs.origins.base import Origin
@@ -101,9 +102,7 @@ class ModelCatalog:
     def _persist(self, manifest: Manifest) -> None:
         path = self._dir / manifest.name / f"{manifest.revision}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(manifest.to_json())
-        tmp.replace(path)
+        atomic_write(path, manifest.to_json())
 
     def known(self) -> list[CatalogEntry]:
         with self._lock:

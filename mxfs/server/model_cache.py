@@ -39,7 +39,7 @@ from pathlib import Path
 
 from mxfs.config import ServerConfig
 from mxfs.errors import IntegrityError, ManifestError, SourceError
-from mxfs.fileio import pread_file
+from mxfs.fileio import atomic_write, pread_file
 from mxfs.manifest.builder import hash_file, read_tensors
 from mxfs.manifest.model import FileEntry, Manifest
 from mxfs.manifest.names import validate_relpath
@@ -244,9 +244,7 @@ class ModelCache:
         manifest = Manifest(snap.name, snap.revision, block_size, tuple(entries), snap.origin)
         path = self._manifest_path(snap.name, snap.revision, block_size)
         path.parent.mkdir(parents=True, exist_ok=True)  # a snapshot of lazy files only has no files/ yet
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        tmp.write_text(manifest.to_json())
-        os.replace(tmp, path)
+        atomic_write(path, manifest.to_json())
         secs = time.monotonic() - start
         log.info("hydrated %s from %s: %d files (%d lazy), %d bytes now in %.1fs (%.0f MB/s)", key, snap.origin,
                  len(entries), len(lazy), progress.done, secs, progress.done / max(secs, 1e-6) / 1e6)

@@ -4,12 +4,12 @@ restarted daemon can keep serving cached files while the server is away."""
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import trio
 
 from mxfs.errors import BlockUnavailable, ManifestError
+from mxfs.fileio import atomic_write
 from mxfs.manifest.model import Manifest
 from mxfs.manifest.names import ModelRef, is_commit
 from mxfs.rpc.client import MxfsClient
@@ -57,11 +57,11 @@ class ManifestResolver:
         path, ref_path = self._paths(manifest.name, manifest.revision)
         path.parent.mkdir(parents=True, exist_ok=True)
         if not path.exists():
-            _atomic_write(path, manifest.to_json().encode())
+            atomic_write(path, manifest.to_json().encode())
         if not is_commit(ref.revision):
             _, ref_path = self._paths(ref.name, ref.revision)
             ref_path.parent.mkdir(parents=True, exist_ok=True)
-            _atomic_write(ref_path, manifest.revision.encode())
+            atomic_write(ref_path, manifest.revision.encode())
 
     def _load(self, ref: ModelRef) -> Manifest | None:
         revision = ref.revision
@@ -77,8 +77,3 @@ class ManifestResolver:
         except (OSError, ManifestError):
             return None
 
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)

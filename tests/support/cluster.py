@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -130,9 +131,7 @@ class MountProc:
 
 
 def fuse_available() -> bool:
-    return os.path.exists("/dev/fuse") and os.access("/dev/fuse", os.R_OK | os.W_OK) and bool(
-        __import__("shutil").which("fusermount3")
-    )
+    return os.access("/dev/fuse", os.R_OK | os.W_OK) and shutil.which("fusermount3") is not None
 
 
 def settle(seconds: float = 0.2) -> None:
