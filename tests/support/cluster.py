@@ -151,8 +151,6 @@ class RedisProc:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisProc:
-        import shutil
-
         exe = shutil.which("redis-server")
         if exe is None:
             raise FileNotFoundError("redis-server is not installed (apt-get install redis-server)")
