@@ -29,7 +29,7 @@ from mxfs.config import parse_size
 from mxfs.demo import free_port, wait_for
 from mxfs.modelgen import ModelShape, generate_model
 from mxfs.nodectl import status
-from mxfs.peer.registry import HolderRegistryClient
+from mxfs.block_peers.registry import HolderRegistryClient
 from tests.support.cluster import MountProc, ServerProc
 
 MODEL = "bench/fanout-model"

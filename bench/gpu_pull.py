@@ -1,7 +1,7 @@
 """Pull N GiB of bf16 tensors between two processes on one GPU, for each path the loader has.
 
 Prints GB/s of: a same-device torch copy (the ceiling), a torch CUDA IPC pull between two
-processes, and a NIXL READ through mxfs' own agent (``mxfs.p2p.transfer.pull``: exact
+processes, and a NIXL READ through mxfs' own agent (``mxfs.weight_sources.transfer.pull``: exact
 manifest match + per-tensor checksums). Every path's bytes are verified against the
 source's checksums and, for the target, against a regenerated reference.
 
@@ -43,8 +43,8 @@ def sync(device: str) -> None:
 
 def source_main(args: argparse.Namespace, q: mp.Queue, done: mp.Event) -> None:
     """The source process: tensors, checksums, CUDA IPC handles, a NIXL agent."""
-    from mxfs.p2p.agent import NixlAgent, nixl_available
-    from mxfs.p2p.transfer import describe
+    from mxfs.weight_sources.agent import NixlAgent, nixl_available
+    from mxfs.weight_sources.transfer import describe
 
     tensors = make_tensors(args.gib, args.tensors, args.device)
     if not args.device.startswith("cuda"):
@@ -66,7 +66,7 @@ def gbps(nbytes: int, seconds: float) -> float:
 
 
 def verify(local: dict[str, torch.Tensor], manifest, reference: dict[str, torch.Tensor]) -> None:
-    from mxfs.p2p.checksum import checksum
+    from mxfs.weight_sources.checksum import checksum
 
     for d in manifest:
         if checksum(local[d.name]) != d.checksum:
@@ -92,9 +92,9 @@ def main() -> int:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("no CUDA device: use --device cpu for a dry run", file=sys.stderr)
         return 2
-    from mxfs.p2p.agent import NixlAgent, nixl_available
-    from mxfs.p2p.model import SourceIdentity, SourceInfo, SourceMetadata, Status
-    from mxfs.p2p.transfer import pull
+    from mxfs.weight_sources.agent import NixlAgent, nixl_available
+    from mxfs.weight_sources.model import SourceIdentity, SourceInfo, SourceMetadata, Status
+    from mxfs.weight_sources.transfer import pull
 
     ctx = mp.get_context("spawn")
     q, done = ctx.Queue(), ctx.Event()

@@ -22,17 +22,17 @@ from mxfs.fuse.ops import MxfsOperations
 from mxfs.fuse.tree import Tree
 from mxfs.manifest.model import Manifest
 from mxfs.manifest.names import ModelRef, parse_model_ref
-from mxfs.peer.service import PeerCache
+from mxfs.block_peers.service import PeerCache
 from mxfs.rpc import node_pb2
 from mxfs.rpc.client import MxfsClient
-from mxfs.sources.chain import FetchChain
-from mxfs.sources.hashes import BlockHashes
-from mxfs.sources.origin import OriginTier
-from mxfs.sources.reader import BlockReader
-from mxfs.sources.resolver import ManifestResolver
-from mxfs.sources.server import ServerTier
-from mxfs.sources.stats import FetchStats
-from mxfs.sources.threads import in_thread
+from mxfs.fetch.chain import FetchChain
+from mxfs.fetch.hashes import BlockHashes
+from mxfs.fetch.origin import OriginTier
+from mxfs.fetch.reader import BlockReader
+from mxfs.fetch.resolver import ManifestResolver
+from mxfs.fetch.server import ServerTier
+from mxfs.fetch.stats import FetchStats
+from mxfs.fetch.threads import in_thread
 from mxfs_daemon import control, mountpoint
 from mxfs_daemon.prefetch import Prefetcher, PrefetchJob
 

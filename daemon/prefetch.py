@@ -11,7 +11,7 @@ import trio
 
 from mxfs.errors import MxfsError
 from mxfs.manifest.model import Manifest
-from mxfs.sources.chain import FetchChain
+from mxfs.fetch.chain import FetchChain
 
 log = logging.getLogger(__name__)
 

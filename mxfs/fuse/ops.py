@@ -18,8 +18,8 @@ from mxfs.cache.blocks import BlockCache
 from mxfs.fuse.errnos import translated
 from mxfs.fuse.tree import Kind, Node, Tree
 from mxfs.manifest.names import ModelRef
-from mxfs.sources.reader import BlockReader, OpenFile
-from mxfs.sources.resolver import ManifestResolver
+from mxfs.fetch.reader import BlockReader, OpenFile
+from mxfs.fetch.resolver import ManifestResolver
 
 ATTR_TIMEOUT = 300.0
 XATTR_PREFIX = "user.mxfs."

@@ -5,7 +5,7 @@ publishes) without moving weight bytes, and reads byte ranges pinned to that sna
 (an HF commit, or the object versions/ETags the listing saw). It never knows per-block
 hashes up front: the server's model cache (``mxfs.server.model_cache``) hydrates the
 files, hashes them and completes the manifest; node daemons with their own credentials
-may then read blocks straight from the origin (``mxfs.sources.origin.OriginTier``).
+may then read blocks straight from the origin (``mxfs.fetch.origin.OriginTier``).
 """
 
 from __future__ import annotations

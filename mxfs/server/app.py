@@ -17,7 +17,7 @@ from prometheus_client import start_http_server
 from mxfs.config import ServerConfig
 from mxfs.origins.base import Origin
 from mxfs.origins.local import LocalOrigin
-from mxfs.p2p import service as p2p_service
+from mxfs.weight_sources import service as p2p_service
 from mxfs.rpc import model_express_health_pb2_grpc
 from mxfs.rpc.channel import CHANNEL_OPTIONS
 from mxfs.server import holders, modelexpress

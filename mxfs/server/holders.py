@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING
 import grpc
 from prometheus_client import Counter, Gauge
 
-from mxfs.peer.auth import token_required
-from mxfs.peer.bitmap import MAX_BITMAP_BYTES
+from mxfs.block_peers.auth import token_required
+from mxfs.block_peers.bitmap import MAX_BITMAP_BYTES
 from mxfs.registry.store import Store, open_store
 from mxfs.rpc import peer_pb2, peer_pb2_grpc
 from mxfs.server.errors import rpc

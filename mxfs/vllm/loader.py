@@ -29,12 +29,12 @@ from vllm.model_executor.model_loader.weight_utils import filter_safetensors_fil
 
 from mxfs import envs
 from mxfs.errors import MxfsError
-from mxfs.p2p.agent import nixl_available
-from mxfs.p2p.checksum import checksum
-from mxfs.p2p.client import SourceClient
-from mxfs.p2p.errors import NoSource, P2PError
-from mxfs.p2p.model import SourceIdentity
-from mxfs.p2p.peer import Peer
+from mxfs.weight_sources.agent import nixl_available
+from mxfs.weight_sources.checksum import checksum
+from mxfs.weight_sources.client import SourceClient
+from mxfs.weight_sources.errors import NoSource, P2PError
+from mxfs.weight_sources.model import SourceIdentity
+from mxfs.weight_sources.peer import Peer
 from mxfs.vllm.files import ReadStats, iter_weights
 from mxfs.vllm.plugin import LOAD_FORMAT
 from mxfs.vllm.resolve import ResolvedModel, resolve

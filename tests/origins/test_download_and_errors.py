@@ -15,7 +15,7 @@ from mxfs.manifest.names import hub_folder
 from mxfs.origins.objstore import ObjectStoreSource, S3Store
 from mxfs.origins.uri import name_for_uri, open_source, parse_binding, parse_origin_uri
 from mxfs.rpc.client import MxfsClient
-from mxfs.sources.origin import OriginTier
+from mxfs.fetch.origin import OriginTier
 from tests.conftest import MODEL
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from mxfs.peer.auth import call_metadata
-from mxfs.peer.registry import HolderRegistryClient
+from mxfs.block_peers.auth import call_metadata
+from mxfs.block_peers.registry import HolderRegistryClient
 from mxfs.rpc import peer_pb2, peer_pb2_grpc
 from tests.peers.conftest import TOKEN, node_id_of, read_all
 

@@ -14,13 +14,13 @@ from mxfs.cache.blocks import BlockCache
 from mxfs.cache.memory import HotBlocks
 from mxfs.errors import BlockUnavailable
 from mxfs.manifest.model import BlockKey, FileEntry, Manifest
-from mxfs.peer.bitmap import MAX_BITMAP_BYTES, BitmapError, BlockSet
-from mxfs.peer.holdings import Holdings
-from mxfs.peer.registry import PeerNode
-from mxfs.peer.swarm import owner, rank_holders
+from mxfs.block_peers.bitmap import MAX_BITMAP_BYTES, BitmapError, BlockSet
+from mxfs.block_peers.holdings import Holdings
+from mxfs.block_peers.registry import PeerNode
+from mxfs.block_peers.swarm import owner, rank_holders
 from mxfs.server.holders import HolderRegistry
-from mxfs.sources.chain import FetchChain
-from mxfs.sources.stats import FetchStats
+from mxfs.fetch.chain import FetchChain
+from mxfs.fetch.stats import FetchStats
 
 SHA = "ab" * 32
 

@@ -11,8 +11,8 @@ from mxfs.cache.blocks import BlockCache
 from mxfs.cache.memory import HotBlocks
 from mxfs.errors import BlockUnavailable
 from mxfs.manifest.model import FileEntry, Manifest
-from mxfs.sources.chain import FetchChain
-from mxfs.sources.stats import FetchStats
+from mxfs.fetch.chain import FetchChain
+from mxfs.fetch.stats import FetchStats
 
 BS = 64 * 1024
 

@@ -18,9 +18,9 @@ from mxfs.errors import BlockUnavailable, IntegrityError
 from mxfs.manifest.model import FileEntry, Manifest
 from mxfs.rpc.convert import manifest_from_pb, manifest_to_pb
 from mxfs.server.origin_blocks import OriginBlocks
-from mxfs.sources.chain import FetchChain
-from mxfs.sources.hashes import BlockHashes
-from mxfs.sources.stats import FetchStats
+from mxfs.fetch.chain import FetchChain
+from mxfs.fetch.hashes import BlockHashes
+from mxfs.fetch.stats import FetchStats
 from tests.unit.test_cache_chain import BytesTier
 
 BS = 64 * 1024

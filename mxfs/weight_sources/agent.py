@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from mxfs.p2p.errors import TransferFailed
+from mxfs.weight_sources.errors import TransferFailed
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from mxfs.fileio import atomic_write
 from mxfs.manifest.model import Manifest
 from mxfs.manifest.names import ModelRef, is_commit
 from mxfs.rpc.client import MxfsClient
-from mxfs.sources.threads import in_thread
+from mxfs.fetch.threads import in_thread
 
 log = logging.getLogger(__name__)
 

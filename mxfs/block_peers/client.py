@@ -9,7 +9,7 @@ import grpc
 
 from mxfs.errors import BlockUnavailable, SourceError
 from mxfs.manifest.model import BlockKey
-from mxfs.peer.auth import call_metadata
+from mxfs.block_peers.auth import call_metadata
 from mxfs.rpc import peer_pb2, peer_pb2_grpc
 from mxfs.rpc.channel import open_channel
 

@@ -7,9 +7,9 @@ import threading
 import grpc
 
 from mxfs.errors import BlockUnavailable, InvalidModelName
-from mxfs.p2p import convert
-from mxfs.p2p.errors import SourceGone
-from mxfs.p2p.model import SourceIdentity, SourceInfo, SourceMetadata, Status, TensorDesc
+from mxfs.weight_sources import convert
+from mxfs.weight_sources.errors import SourceGone
+from mxfs.weight_sources.model import SourceIdentity, SourceInfo, SourceMetadata, Status, TensorDesc
 from mxfs.rpc import p2p_pb2, p2p_pb2_grpc
 from mxfs.rpc.channel import open_channel
 

@@ -12,7 +12,7 @@ os.environ.setdefault("UCX_NET_DEVICES", "lo")
 @pytest.fixture
 def nixl_torch():
     pytest.importorskip("torch")
-    from mxfs.p2p.agent import nixl_available
+    from mxfs.weight_sources.agent import nixl_available
 
     if not nixl_available():
         pytest.skip("nixl is not installed (pip install --no-deps nixl nixl-cu13)")

@@ -13,7 +13,7 @@ import hashlib
 from collections.abc import Callable, Sequence
 
 from mxfs.manifest.model import BlockKey
-from mxfs.peer.registry import PeerNode
+from mxfs.block_peers.registry import PeerNode
 
 
 def _score(*parts: str) -> int:

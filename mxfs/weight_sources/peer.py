@@ -13,11 +13,11 @@ from collections.abc import Mapping
 import torch
 
 from mxfs.errors import MxfsError
-from mxfs.p2p.agent import NixlAgent, mem_type
-from mxfs.p2p.client import SourceClient
-from mxfs.p2p.errors import NoSource, P2PError, SourceGone, SourceRejected
-from mxfs.p2p.model import SourceIdentity, Status, TensorDesc
-from mxfs.p2p.transfer import PullStats, describe, pull
+from mxfs.weight_sources.agent import NixlAgent, mem_type
+from mxfs.weight_sources.client import SourceClient
+from mxfs.weight_sources.errors import NoSource, P2PError, SourceGone, SourceRejected
+from mxfs.weight_sources.model import SourceIdentity, Status, TensorDesc
+from mxfs.weight_sources.transfer import PullStats, describe, pull
 
 log = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ import trio
 
 from mxfs.errors import BlockUnavailable
 from mxfs.manifest.model import BlockKey
-from mxfs.peer.bitmap import BlockSet
-from mxfs.peer.registry import FileHoldings, HolderRegistryClient, PeerNode
-from mxfs.sources.threads import in_thread
+from mxfs.block_peers.bitmap import BlockSet
+from mxfs.block_peers.registry import FileHoldings, HolderRegistryClient, PeerNode
+from mxfs.fetch.threads import in_thread
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ import sys
 
 import torch
 
-from mxfs.p2p.client import SourceClient
-from mxfs.p2p.model import SourceIdentity
-from mxfs.p2p.peer import Peer
+from mxfs.weight_sources.client import SourceClient
+from mxfs.weight_sources.model import SourceIdentity
+from mxfs.weight_sources.peer import Peer
 
 
 def make_tensors(seed: int, mb: int) -> dict[str, torch.Tensor]:

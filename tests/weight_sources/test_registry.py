@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from mxfs.p2p.errors import SourceGone
-from mxfs.p2p.model import SourceIdentity, SourceInfo, Status
-from mxfs.p2p.registry import SourceRegistry
+from mxfs.weight_sources.errors import SourceGone
+from mxfs.weight_sources.model import SourceIdentity, SourceInfo, Status
+from mxfs.weight_sources.registry import SourceRegistry
 
 IDENT = SourceIdentity("org/m", "a" * 40, "bfloat16", tp_size=2, rank=1, backend_version="0.32.0")
 

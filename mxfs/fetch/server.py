@@ -13,7 +13,7 @@ from mxfs.manifest.model import FileEntry, Manifest
 from mxfs.rpc.channel import normalize_address
 from mxfs.rpc.client import MxfsClient
 from mxfs.rpc.http_range import HttpRangeClient
-from mxfs.sources.threads import in_thread
+from mxfs.fetch.threads import in_thread
 
 log = logging.getLogger(__name__)
 

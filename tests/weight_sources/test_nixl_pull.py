@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from mxfs.p2p.model import SourceIdentity, Status
+from mxfs.weight_sources.model import SourceIdentity, Status
 
 torch = pytest.importorskip("torch")
 
@@ -20,11 +20,11 @@ IDENT = SourceIdentity("test-org/tiny-llama", "b" * 40, "bfloat16", backend_vers
 
 
 class Source:
-    """tests/p2p/source_proc.py in a subprocess."""
+    """tests/weight_sources/source_proc.py in a subprocess."""
 
     def __init__(self, server: str, identity: SourceIdentity, seed: int = 0, mb: int = 8) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.p2p.source_proc", "--server", server, "--identity",
+            [sys.executable, "-m", "tests.weight_sources.source_proc", "--server", server, "--identity",
              json.dumps(identity.to_json()), "--seed", str(seed), "--mb", str(mb)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
             env=dict(os.environ, UCX_NET_DEVICES="lo"),
@@ -81,9 +81,9 @@ def sources(server):
 
 
 def target_peer(server, identity: SourceIdentity = IDENT, seed: int = 0, mb: int = 8):
-    from mxfs.p2p.client import SourceClient
-    from mxfs.p2p.peer import Peer
-    from tests.p2p.source_proc import make_tensors
+    from mxfs.weight_sources.client import SourceClient
+    from mxfs.weight_sources.peer import Peer
+    from tests.weight_sources.source_proc import make_tensors
 
     want = make_tensors(seed, mb)
     mine = {k: torch.empty_like(v) for k, v in want.items()}
@@ -103,19 +103,19 @@ def test_pull_over_nixl_is_byte_exact_then_target_serves(server, sources):
         for name in want:
             assert torch.equal(mine[name].view(torch.uint8), want[name].view(torch.uint8)), name
         peer.publish()  # the target becomes a source: a third process can now pick either
-        from mxfs.p2p.client import SourceClient
+        from mxfs.weight_sources.client import SourceClient
 
         listed = {s.source_id for s in SourceClient(server.address).list(IDENT)}
         assert listed == {src.source_id, peer.source_id}
     finally:
         peer.close()
-    from mxfs.p2p.client import SourceClient
+    from mxfs.weight_sources.client import SourceClient
 
     assert [s.source_id for s in SourceClient(server.address).list(IDENT)] == [src.source_id]
 
 
 def test_other_identity_is_never_offered(server, sources):
-    from mxfs.p2p.errors import NoSource
+    from mxfs.weight_sources.errors import NoSource
 
     sources(dataclasses.replace(IDENT, dtype="float16"))
     sources(dataclasses.replace(IDENT, rank=1))
@@ -128,7 +128,7 @@ def test_other_identity_is_never_offered(server, sources):
 
 
 def test_mismatched_tensors_are_rejected(server, sources):
-    from mxfs.p2p.errors import NoSource
+    from mxfs.weight_sources.errors import NoSource
 
     sources(seed=0, mb=8)
     peer, _, _ = target_peer(server, mb=16)  # more layers than the source has
@@ -140,7 +140,7 @@ def test_mismatched_tensors_are_rejected(server, sources):
 
 
 def test_corrupted_source_tensor_fails_its_checksum(server, sources):
-    from mxfs.p2p.errors import NoSource
+    from mxfs.weight_sources.errors import NoSource
 
     src = sources(mb=8)
     src.send("corrupt layers.1.w", expect="CORRUPTED")
@@ -153,8 +153,8 @@ def test_corrupted_source_tensor_fails_its_checksum(server, sources):
 
 
 def test_source_killed_mid_transfer_fails_cleanly(server, sources, monkeypatch):
-    from mxfs.p2p import agent as agent_mod
-    from mxfs.p2p.errors import NoSource
+    from mxfs.weight_sources import agent as agent_mod
+    from mxfs.weight_sources.errors import NoSource
 
     src = sources(mb=256)
     monkeypatch.setattr(agent_mod, "XFER_BATCH_BYTES", 16 << 20)
@@ -183,7 +183,7 @@ def test_source_killed_mid_transfer_fails_cleanly(server, sources, monkeypatch):
 
 
 def test_killed_source_turns_stale_then_is_reaped(start_server, nixl_torch, monkeypatch):
-    from mxfs.p2p.client import SourceClient
+    from mxfs.weight_sources.client import SourceClient
 
     monkeypatch.setenv("MX_P2P_STALE_S", "1")
     monkeypatch.setenv("MX_P2P_REAP_S", "3")

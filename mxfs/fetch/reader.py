@@ -14,7 +14,7 @@ import trio
 
 from mxfs.errors import MxfsError
 from mxfs.manifest.model import BlockKey, FileEntry, Manifest
-from mxfs.sources.chain import FetchChain
+from mxfs.fetch.chain import FetchChain
 
 log = logging.getLogger(__name__)
 

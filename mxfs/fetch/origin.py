@@ -17,7 +17,7 @@ import trio
 from mxfs.errors import BlockUnavailable, InvalidModelName, ModelNotFound, MxfsError, OriginDenied, SourceError
 from mxfs.manifest.model import FileEntry, Manifest
 from mxfs.origins.remote import OriginUnavailable, RemoteSource, Snapshot
-from mxfs.sources.threads import in_thread
+from mxfs.fetch.threads import in_thread
 
 log = logging.getLogger(__name__)
 

@@ -24,10 +24,10 @@ from mxfs.cache.blocks import BlockCache
 from mxfs.cache.memory import HotBlocks
 from mxfs.errors import BlockUnavailable, InvalidModelName, MxfsError, SourceError
 from mxfs.manifest.model import BlockKey, FileEntry, Manifest
-from mxfs.sources.base import Tier
-from mxfs.sources.hashes import BlockHashes
-from mxfs.sources.stats import FetchStats
-from mxfs.sources.threads import in_thread
+from mxfs.fetch.base import Tier
+from mxfs.fetch.hashes import BlockHashes
+from mxfs.fetch.stats import FetchStats
+from mxfs.fetch.threads import in_thread
 
 log = logging.getLogger(__name__)
 

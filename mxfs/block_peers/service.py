@@ -16,14 +16,14 @@ from mxfs.cache.blocks import BlockCache
 from mxfs.config import MountConfig
 from mxfs.errors import BlockUnavailable, ModelNotFound
 from mxfs.manifest.model import BlockKey, Manifest
-from mxfs.peer.client import PeerClients, PullThrough
-from mxfs.peer.holdings import Announcer, Holdings
-from mxfs.peer.registry import HolderRegistryClient, PeerNode
-from mxfs.peer.server import PeerBlockServicer, serve
-from mxfs.peer.view import HolderView
-from mxfs.sources.chain import FetchChain
-from mxfs.sources.peers import PeerTier
-from mxfs.sources.stats import FetchStats
+from mxfs.block_peers.client import PeerClients, PullThrough
+from mxfs.block_peers.holdings import Announcer, Holdings
+from mxfs.block_peers.registry import HolderRegistryClient, PeerNode
+from mxfs.block_peers.server import PeerBlockServicer, serve
+from mxfs.block_peers.view import HolderView
+from mxfs.fetch.chain import FetchChain
+from mxfs.fetch.peers import PeerTier
+from mxfs.fetch.stats import FetchStats
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mxfs.p2p.model import SourceIdentity, SourceInfo, SourceMetadata, Status, TensorDesc
+from mxfs.weight_sources.model import SourceIdentity, SourceInfo, SourceMetadata, Status, TensorDesc
 from mxfs.rpc import p2p_pb2
 
 

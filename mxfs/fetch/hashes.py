@@ -26,7 +26,7 @@ import trio
 from mxfs.errors import BlockUnavailable
 from mxfs.manifest.model import FileEntry, Manifest
 from mxfs.rpc.client import MxfsClient
-from mxfs.sources.threads import in_thread
+from mxfs.fetch.threads import in_thread
 
 log = logging.getLogger(__name__)
 

@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING
 import grpc
 
 from mxfs import envs
-from mxfs.p2p import convert
-from mxfs.p2p.model import SourceInfo, Status
-from mxfs.p2p.registry import SourceRegistry
+from mxfs.weight_sources import convert
+from mxfs.weight_sources.model import SourceInfo, Status
+from mxfs.weight_sources.registry import SourceRegistry
 from mxfs.registry.store import open_store
 from mxfs.rpc import p2p_pb2, p2p_pb2_grpc
 from mxfs.server.errors import rpc

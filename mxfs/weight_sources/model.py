@@ -1,4 +1,4 @@
-"""Plain dataclasses of the source registry; protobuf stays in :mod:`mxfs.p2p.convert`."""
+"""Plain dataclasses of the source registry; protobuf stays in :mod:`mxfs.weight_sources.convert`."""
 
 from __future__ import annotations
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import trio
 
 from mxfs.errors import BlockUnavailable
-from mxfs.peer.registry import Holder, HolderRegistryClient, PeerNode
-from mxfs.sources.threads import in_thread
+from mxfs.block_peers.registry import Holder, HolderRegistryClient, PeerNode
+from mxfs.fetch.threads import in_thread
 
 log = logging.getLogger(__name__)
 

@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from mxfs.p2p.agent import NixlAgent, Region, device_id, mem_type
-from mxfs.p2p.checksum import checksum
-from mxfs.p2p.errors import SourceRejected
-from mxfs.p2p.model import SourceMetadata, TensorDesc
+from mxfs.weight_sources.agent import NixlAgent, Region, device_id, mem_type
+from mxfs.weight_sources.checksum import checksum
+from mxfs.weight_sources.errors import SourceRejected
+from mxfs.weight_sources.model import SourceMetadata, TensorDesc
 
 log = logging.getLogger(__name__)
 

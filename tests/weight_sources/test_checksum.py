@@ -6,7 +6,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from mxfs.p2p import checksum as cs  # noqa: E402
+from mxfs.weight_sources import checksum as cs  # noqa: E402
 
 
 def test_equal_bytes_equal_checksum_and_sizes_count():

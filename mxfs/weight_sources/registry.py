@@ -18,8 +18,8 @@ import dataclasses
 import logging
 import time
 
-from mxfs.p2p.errors import SourceGone
-from mxfs.p2p.model import SourceIdentity, SourceInfo, Status
+from mxfs.weight_sources.errors import SourceGone
+from mxfs.weight_sources.model import SourceIdentity, SourceInfo, Status
 from mxfs.registry.store import Store
 
 log = logging.getLogger(__name__)

@@ -22,14 +22,14 @@ import trio
 
 from mxfs.errors import BlockUnavailable, SourceError
 from mxfs.manifest.model import BlockKey, FileEntry, Manifest
-from mxfs.peer.client import PeerBusy, PeerClients, PeerMiss, PullThrough
-from mxfs.peer.holdings import Announcer
-from mxfs.peer.registry import PeerNode
-from mxfs.peer.swarm import owner, rank_holders, swarm_id
-from mxfs.peer.view import HolderView
-from mxfs.sources.chain import digest_ok
-from mxfs.sources.stats import FetchStats
-from mxfs.sources.threads import in_thread
+from mxfs.block_peers.client import PeerBusy, PeerClients, PeerMiss, PullThrough
+from mxfs.block_peers.holdings import Announcer
+from mxfs.block_peers.registry import PeerNode
+from mxfs.block_peers.swarm import owner, rank_holders, swarm_id
+from mxfs.block_peers.view import HolderView
+from mxfs.fetch.chain import digest_ok
+from mxfs.fetch.stats import FetchStats
+from mxfs.fetch.threads import in_thread
 
 log = logging.getLogger(__name__)
 
