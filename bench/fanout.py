@@ -25,11 +25,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import read_all
+from mxfs.block_peers.registry import HolderRegistryClient
 from mxfs.config import parse_size
 from mxfs.demo import free_port, wait_for
 from mxfs.modelgen import ModelShape, generate_model
 from mxfs.nodectl import status
-from mxfs.block_peers.registry import HolderRegistryClient
 from tests.support.cluster import MountProc, ServerProc
 
 MODEL = "bench/fanout-model"

@@ -14,17 +14,11 @@ import trio
 from prometheus_client import start_http_server
 
 from mxfs import __version__
+from mxfs.block_peers.service import PeerCache
 from mxfs.cache.blocks import BlockCache
 from mxfs.cache.memory import HotBlocks
 from mxfs.config import MountConfig
 from mxfs.errors import MxfsError
-from mxfs.fuse.ops import MxfsOperations
-from mxfs.fuse.tree import Tree
-from mxfs.manifest.model import Manifest
-from mxfs.manifest.names import ModelRef, parse_model_ref
-from mxfs.block_peers.service import PeerCache
-from mxfs.rpc import node_pb2
-from mxfs.rpc.client import MxfsClient
 from mxfs.fetch.chain import FetchChain
 from mxfs.fetch.hashes import BlockHashes
 from mxfs.fetch.origin import OriginTier
@@ -33,6 +27,12 @@ from mxfs.fetch.resolver import ManifestResolver
 from mxfs.fetch.server import ServerTier
 from mxfs.fetch.stats import FetchStats
 from mxfs.fetch.threads import in_thread
+from mxfs.fuse.ops import MxfsOperations
+from mxfs.fuse.tree import Tree
+from mxfs.manifest.model import Manifest
+from mxfs.manifest.names import ModelRef, parse_model_ref
+from mxfs.rpc import node_pb2
+from mxfs.rpc.client import MxfsClient
 from mxfs_daemon import control, mountpoint
 from mxfs_daemon.prefetch import Prefetcher, PrefetchJob
 

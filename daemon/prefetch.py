@@ -10,8 +10,8 @@ import pyfuse3
 import trio
 
 from mxfs.errors import MxfsError
-from mxfs.manifest.model import Manifest
 from mxfs.fetch.chain import FetchChain
+from mxfs.manifest.model import Manifest
 
 log = logging.getLogger(__name__)
 

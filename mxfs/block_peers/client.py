@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 import grpc
 
+from mxfs.block_peers.auth import call_metadata
 from mxfs.errors import BlockUnavailable, SourceError
 from mxfs.manifest.model import BlockKey
-from mxfs.block_peers.auth import call_metadata
 from mxfs.rpc import peer_pb2, peer_pb2_grpc
 from mxfs.rpc.channel import open_channel
 

@@ -15,11 +15,11 @@ from collections.abc import Iterable
 
 import trio
 
-from mxfs.errors import BlockUnavailable
-from mxfs.manifest.model import BlockKey
 from mxfs.block_peers.bitmap import BlockSet
 from mxfs.block_peers.registry import FileHoldings, HolderRegistryClient, PeerNode
+from mxfs.errors import BlockUnavailable
 from mxfs.fetch.threads import in_thread
+from mxfs.manifest.model import BlockKey
 
 log = logging.getLogger(__name__)
 

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 import grpc
 
-from mxfs.errors import BlockUnavailable
 from mxfs.block_peers.auth import call_metadata
 from mxfs.block_peers.bitmap import BitmapError, BlockSet
+from mxfs.errors import BlockUnavailable
 from mxfs.rpc import peer_pb2, peer_pb2_grpc
 from mxfs.rpc.channel import open_channel
 

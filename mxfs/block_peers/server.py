@@ -20,11 +20,11 @@ from concurrent import futures
 import grpc
 from prometheus_client import CollectorRegistry, Counter
 
+from mxfs.block_peers.auth import token_required
+from mxfs.block_peers.client import PullThrough
 from mxfs.cache.blocks import BlockCache
 from mxfs.errors import MxfsError
 from mxfs.manifest.model import BlockKey
-from mxfs.block_peers.auth import token_required
-from mxfs.block_peers.client import PullThrough
 from mxfs.rpc import peer_pb2, peer_pb2_grpc
 from mxfs.rpc.channel import CHANNEL_OPTIONS
 

@@ -12,18 +12,18 @@ from pathlib import Path
 import grpc
 import trio
 
-from mxfs.cache.blocks import BlockCache
-from mxfs.config import MountConfig
-from mxfs.errors import BlockUnavailable, ModelNotFound
-from mxfs.manifest.model import BlockKey, Manifest
 from mxfs.block_peers.client import PeerClients, PullThrough
 from mxfs.block_peers.holdings import Announcer, Holdings
 from mxfs.block_peers.registry import HolderRegistryClient, PeerNode
 from mxfs.block_peers.server import PeerBlockServicer, serve
 from mxfs.block_peers.view import HolderView
+from mxfs.cache.blocks import BlockCache
+from mxfs.config import MountConfig
+from mxfs.errors import BlockUnavailable, ModelNotFound
 from mxfs.fetch.chain import FetchChain
 from mxfs.fetch.peers import PeerTier
 from mxfs.fetch.stats import FetchStats
+from mxfs.manifest.model import BlockKey, Manifest
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Sequence
 
-from mxfs.manifest.model import BlockKey
 from mxfs.block_peers.registry import PeerNode
+from mxfs.manifest.model import BlockKey
 
 
 def _score(*parts: str) -> int:

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import trio
 
-from mxfs.errors import BlockUnavailable
 from mxfs.block_peers.registry import Holder, HolderRegistryClient, PeerNode
+from mxfs.errors import BlockUnavailable
 from mxfs.fetch.threads import in_thread
 
 log = logging.getLogger(__name__)

@@ -23,11 +23,11 @@ import trio
 from mxfs.cache.blocks import BlockCache
 from mxfs.cache.memory import HotBlocks
 from mxfs.errors import BlockUnavailable, InvalidModelName, MxfsError, SourceError
-from mxfs.manifest.model import BlockKey, FileEntry, Manifest
 from mxfs.fetch.base import Tier
 from mxfs.fetch.hashes import BlockHashes
 from mxfs.fetch.stats import FetchStats
 from mxfs.fetch.threads import in_thread
+from mxfs.manifest.model import BlockKey, FileEntry, Manifest
 
 log = logging.getLogger(__name__)
 

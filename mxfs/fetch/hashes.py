@@ -24,9 +24,9 @@ from typing import overload
 import trio
 
 from mxfs.errors import BlockUnavailable
+from mxfs.fetch.threads import in_thread
 from mxfs.manifest.model import FileEntry, Manifest
 from mxfs.rpc.client import MxfsClient
-from mxfs.fetch.threads import in_thread
 
 log = logging.getLogger(__name__)
 

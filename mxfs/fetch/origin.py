@@ -15,9 +15,9 @@ import threading
 import trio
 
 from mxfs.errors import BlockUnavailable, InvalidModelName, ModelNotFound, MxfsError, OriginDenied, SourceError
+from mxfs.fetch.threads import in_thread
 from mxfs.manifest.model import FileEntry, Manifest
 from mxfs.origins.remote import OriginUnavailable, RemoteSource, Snapshot
-from mxfs.fetch.threads import in_thread
 
 log = logging.getLogger(__name__)
 

@@ -20,16 +20,16 @@ from collections import defaultdict
 
 import trio
 
-from mxfs.errors import BlockUnavailable, SourceError
-from mxfs.manifest.model import BlockKey, FileEntry, Manifest
 from mxfs.block_peers.client import PeerBusy, PeerClients, PeerMiss, PullThrough
 from mxfs.block_peers.holdings import Announcer
 from mxfs.block_peers.registry import PeerNode
 from mxfs.block_peers.swarm import owner, rank_holders, swarm_id
 from mxfs.block_peers.view import HolderView
+from mxfs.errors import BlockUnavailable, SourceError
 from mxfs.fetch.chain import digest_ok
 from mxfs.fetch.stats import FetchStats
 from mxfs.fetch.threads import in_thread
+from mxfs.manifest.model import BlockKey, FileEntry, Manifest
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 import trio
 
 from mxfs.errors import MxfsError
-from mxfs.manifest.model import BlockKey, FileEntry, Manifest
 from mxfs.fetch.chain import FetchChain
+from mxfs.manifest.model import BlockKey, FileEntry, Manifest
 
 log = logging.getLogger(__name__)
 

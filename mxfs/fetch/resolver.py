@@ -9,11 +9,11 @@ from pathlib import Path
 import trio
 
 from mxfs.errors import BlockUnavailable, ManifestError
+from mxfs.fetch.threads import in_thread
 from mxfs.fileio import atomic_write
 from mxfs.manifest.model import Manifest
 from mxfs.manifest.names import ModelRef, is_commit
 from mxfs.rpc.client import MxfsClient
-from mxfs.fetch.threads import in_thread
 
 log = logging.getLogger(__name__)
 

@@ -9,11 +9,11 @@ import threading
 import trio
 
 from mxfs.errors import BlockUnavailable
+from mxfs.fetch.threads import in_thread
 from mxfs.manifest.model import FileEntry, Manifest
 from mxfs.rpc.channel import normalize_address
 from mxfs.rpc.client import MxfsClient
 from mxfs.rpc.http_range import HttpRangeClient
-from mxfs.fetch.threads import in_thread
 
 log = logging.getLogger(__name__)
 

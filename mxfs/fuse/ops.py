@@ -15,11 +15,11 @@ from collections.abc import Callable
 import pyfuse3
 
 from mxfs.cache.blocks import BlockCache
+from mxfs.fetch.reader import BlockReader, OpenFile
+from mxfs.fetch.resolver import ManifestResolver
 from mxfs.fuse.errnos import translated
 from mxfs.fuse.tree import Kind, Node, Tree
 from mxfs.manifest.names import ModelRef
-from mxfs.fetch.reader import BlockReader, OpenFile
-from mxfs.fetch.resolver import ManifestResolver
 
 ATTR_TIMEOUT = 300.0
 XATTR_PREFIX = "user.mxfs."

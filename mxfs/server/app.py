@@ -17,7 +17,6 @@ from prometheus_client import start_http_server
 from mxfs.config import ServerConfig
 from mxfs.origins.base import Origin
 from mxfs.origins.local import LocalOrigin
-from mxfs.weight_sources import service as p2p_service
 from mxfs.rpc import model_express_health_pb2_grpc
 from mxfs.rpc.channel import CHANNEL_OPTIONS
 from mxfs.server import holders, modelexpress
@@ -26,6 +25,7 @@ from mxfs.server.datahttp import RangeServer
 from mxfs.server.metrics import ServerMetrics
 from mxfs.server.model_cache import build_remote_origins
 from mxfs.server.service import HealthServicer, MxfsServicer, add_to_server
+from mxfs.weight_sources import service as p2p_service
 
 log = logging.getLogger(__name__)
 

@@ -29,15 +29,15 @@ from vllm.model_executor.model_loader.weight_utils import filter_safetensors_fil
 
 from mxfs import envs
 from mxfs.errors import MxfsError
+from mxfs.vllm.files import ReadStats, iter_weights
+from mxfs.vllm.plugin import LOAD_FORMAT
+from mxfs.vllm.resolve import ResolvedModel, resolve
 from mxfs.weight_sources.agent import nixl_available
 from mxfs.weight_sources.checksum import checksum
 from mxfs.weight_sources.client import SourceClient
 from mxfs.weight_sources.errors import NoSource, P2PError
 from mxfs.weight_sources.model import SourceIdentity
 from mxfs.weight_sources.peer import Peer
-from mxfs.vllm.files import ReadStats, iter_weights
-from mxfs.vllm.plugin import LOAD_FORMAT
-from mxfs.vllm.resolve import ResolvedModel, resolve
 
 log = logging.getLogger(__name__)
 _LIVE_PEERS: list[Peer] = []  # sources stay alive (and heartbeat) for the life of the process

@@ -7,11 +7,11 @@ import threading
 import grpc
 
 from mxfs.errors import BlockUnavailable, InvalidModelName
+from mxfs.rpc import p2p_pb2, p2p_pb2_grpc
+from mxfs.rpc.channel import open_channel
 from mxfs.weight_sources import convert
 from mxfs.weight_sources.errors import SourceGone
 from mxfs.weight_sources.model import SourceIdentity, SourceInfo, SourceMetadata, Status, TensorDesc
-from mxfs.rpc import p2p_pb2, p2p_pb2_grpc
-from mxfs.rpc.channel import open_channel
 
 
 def _translate(exc: grpc.RpcError, what: str) -> Exception:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from mxfs.weight_sources.model import SourceIdentity, SourceInfo, SourceMetadata, Status, TensorDesc
 from mxfs.rpc import p2p_pb2
+from mxfs.weight_sources.model import SourceIdentity, SourceInfo, SourceMetadata, Status, TensorDesc
 
 
 def identity_to_pb(i: SourceIdentity) -> p2p_pb2.SourceIdentity:

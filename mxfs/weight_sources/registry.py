@@ -18,9 +18,9 @@ import dataclasses
 import logging
 import time
 
+from mxfs.registry.store import Store
 from mxfs.weight_sources.errors import SourceGone
 from mxfs.weight_sources.model import SourceIdentity, SourceInfo, Status
-from mxfs.registry.store import Store
 
 log = logging.getLogger(__name__)
 

@@ -8,13 +8,13 @@ from typing import TYPE_CHECKING
 import grpc
 
 from mxfs import envs
-from mxfs.weight_sources import convert
-from mxfs.weight_sources.model import SourceInfo, Status
-from mxfs.weight_sources.registry import SourceRegistry
 from mxfs.registry.store import open_store
 from mxfs.rpc import p2p_pb2, p2p_pb2_grpc
 from mxfs.server.errors import rpc
 from mxfs.server.metrics import ServerMetrics
+from mxfs.weight_sources import convert
+from mxfs.weight_sources.model import SourceInfo, Status
+from mxfs.weight_sources.registry import SourceRegistry
 
 if TYPE_CHECKING:
     from mxfs.server.app import ServerContext

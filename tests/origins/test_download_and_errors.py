@@ -11,11 +11,11 @@ import pytest
 import trio
 
 from mxfs.errors import BlockUnavailable, InvalidModelName, ModelNotFound, OriginDenied
+from mxfs.fetch.origin import OriginTier
 from mxfs.manifest.names import hub_folder
 from mxfs.origins.objstore import ObjectStoreSource, S3Store
 from mxfs.origins.uri import name_for_uri, open_source, parse_binding, parse_origin_uri
 from mxfs.rpc.client import MxfsClient
-from mxfs.fetch.origin import OriginTier
 from tests.conftest import MODEL
 
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from mxfs.block_peers.registry import HolderRegistryClient
 from mxfs.demo import free_port, wait_for
 from mxfs.manifest.model import Manifest
 from mxfs.nodectl import status
-from mxfs.block_peers.registry import HolderRegistryClient
 from mxfs.rpc.client import MxfsClient
 from tests.conftest import MODEL
 from tests.support.cluster import MountProc, ServerProc

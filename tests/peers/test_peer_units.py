@@ -10,17 +10,17 @@ from collections import Counter
 import pytest
 import trio
 
-from mxfs.cache.blocks import BlockCache
-from mxfs.cache.memory import HotBlocks
-from mxfs.errors import BlockUnavailable
-from mxfs.manifest.model import BlockKey, FileEntry, Manifest
 from mxfs.block_peers.bitmap import MAX_BITMAP_BYTES, BitmapError, BlockSet
 from mxfs.block_peers.holdings import Holdings
 from mxfs.block_peers.registry import PeerNode
 from mxfs.block_peers.swarm import owner, rank_holders
-from mxfs.server.holders import HolderRegistry
+from mxfs.cache.blocks import BlockCache
+from mxfs.cache.memory import HotBlocks
+from mxfs.errors import BlockUnavailable
 from mxfs.fetch.chain import FetchChain
 from mxfs.fetch.stats import FetchStats
+from mxfs.manifest.model import BlockKey, FileEntry, Manifest
+from mxfs.server.holders import HolderRegistry
 
 SHA = "ab" * 32
 

@@ -10,9 +10,9 @@ import trio
 from mxfs.cache.blocks import BlockCache
 from mxfs.cache.memory import HotBlocks
 from mxfs.errors import BlockUnavailable
-from mxfs.manifest.model import FileEntry, Manifest
 from mxfs.fetch.chain import FetchChain
 from mxfs.fetch.stats import FetchStats
+from mxfs.manifest.model import FileEntry, Manifest
 
 BS = 64 * 1024
 

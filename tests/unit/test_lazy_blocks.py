@@ -15,12 +15,12 @@ import trio
 from mxfs.cache.blocks import BlockCache
 from mxfs.cache.memory import HotBlocks
 from mxfs.errors import BlockUnavailable, IntegrityError
-from mxfs.manifest.model import FileEntry, Manifest
-from mxfs.rpc.convert import manifest_from_pb, manifest_to_pb
-from mxfs.server.origin_blocks import OriginBlocks
 from mxfs.fetch.chain import FetchChain
 from mxfs.fetch.hashes import BlockHashes
 from mxfs.fetch.stats import FetchStats
+from mxfs.manifest.model import FileEntry, Manifest
+from mxfs.rpc.convert import manifest_from_pb, manifest_to_pb
+from mxfs.server.origin_blocks import OriginBlocks
 from tests.unit.test_cache_chain import BytesTier
 
 BS = 64 * 1024
