@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
+import os
 import shutil
 import signal
 import tempfile
 from pathlib import Path
 
-import pyfuse3
 import trio
 from prometheus_client import start_http_server
 
@@ -27,7 +28,10 @@ from mxfs.fetch.resolver import ManifestResolver
 from mxfs.fetch.server import ServerTier
 from mxfs.fetch.stats import FetchStats
 from mxfs.fetch.threads import in_thread
+from mxfs.fuse.kernel import mount as kernel_mount
+from mxfs.fuse.kernel.session import Session
 from mxfs.fuse.ops import MxfsOperations
+from mxfs.fuse.stats import FuseStats
 from mxfs.fuse.tree import Tree
 from mxfs.manifest.model import Manifest
 from mxfs.manifest.names import ModelRef, parse_model_ref
@@ -82,7 +86,11 @@ class NodeDaemon:
         self.ops = MxfsOperations(
             self.tree, self.resolver, self.reader, self.cache,
             root_xattrs={"control": str(self.socket), "version": __version__, "server": config.server},
+            stats=FuseStats(self.stats.registry),
         )
+        self.prefetcher.store = self.ops.store_page_cache
+        self.session: Session | None = None
+        self._unmounting = False
         self.jobs: dict[ModelRef, PrefetchJob] = {}
         self._nursery: trio.Nursery | None = None
 
@@ -134,52 +142,76 @@ class NodeDaemon:
             await in_thread(self.cache.flush_usage)
             self.stats.cache_used.set(self.cache.used)
 
-    async def _signals(self) -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async for signum in signals:
-                log.info("signal %d: unmounting %s", signum, self.mountpoint)
-                pyfuse3.terminate()
-                return
+    async def _signals(self, signals, stop: trio.CancelScope) -> None:
+        """The first SIGINT/SIGTERM unmounts; later ones only say that it is under way."""
+        async for signum in signals:
+            if self._unmounting:
+                log.info("signal %d: already unmounting %s", signum, self.mountpoint)
+                continue
+            log.info("signal %d: unmounting %s", signum, self.mountpoint)
+            self._unmounting = True
+            await self._unmount()
+            stop.cancel()
+
+    async def _unmount(self) -> None:
+        """Unmount while the session still answers (the kernel may ask it to DESTROY)."""
+        try:
+            await in_thread(kernel_mount.unmount, self.mountpoint)
+        except OSError as exc:
+            if exc.errno != errno.EBUSY:
+                log.error("cannot unmount %s: %s", self.mountpoint, exc)
+            log.warning("%s is busy: detaching it; open files fail from now on", self.mountpoint)
+            try:
+                await in_thread(kernel_mount.unmount, self.mountpoint, True)
+            except OSError as exc2:
+                log.error("cannot detach %s: %s", self.mountpoint, exc2)
 
     async def main(self) -> None:
         token = trio.lowlevel.current_trio_token()
-        ctl = control.serve(self.socket, control.NodeControlServicer(token, self.start_prefetch, self.status))
-        try:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                self.reader.start(nursery)
-                self.chain.start(nursery)
-                nursery.start_soon(self._signals)
-                nursery.start_soon(self._housekeeping)
-                nursery.start_soon(in_thread, mountpoint.tune, self.mountpoint)
-                nursery.start_soon(self._preload)
-                if self.peers is not None:
-                    self.peers.start(nursery, self.chain, self._mounted_manifest)
-                await pyfuse3.main()
-                nursery.cancel_scope.cancel()
-        finally:
-            ctl.stop(0)
-            self.socket.unlink(missing_ok=True)
-            if self.peers is not None:
-                await trio.to_thread.run_sync(self.peers.stop)
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            fd = kernel_mount.mount(self.mountpoint, allow_other=self.config.allow_other)
+            self.session = Session(self.ops, fd, passthrough=self.config.passthrough, io_limiter=self.io_limiter)
+            log.info("mounted %s (server %s, cache %s, %d bytes max)", self.mountpoint,
+                     self.config.server, self.cache_dir, self.cache.limit)
+            ctl = control.serve(self.socket, control.NodeControlServicer(token, self.start_prefetch, self.status))
+            try:
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    self.reader.start(nursery)
+                    self.chain.start(nursery)
+                    nursery.start_soon(self._signals, signals, nursery.cancel_scope)
+                    nursery.start_soon(self._housekeeping)
+                    nursery.start_soon(in_thread, mountpoint.tune, self.mountpoint)
+                    nursery.start_soon(self._preload)
+                    if self.peers is not None:
+                        self.peers.start(nursery, self.chain, self._mounted_manifest)
+                    await self.session.run()  # returns once the filesystem is unmounted
+                    nursery.cancel_scope.cancel()
+            finally:
+                with trio.CancelScope(shield=True):
+                    ctl.stop(0)
+                    self.socket.unlink(missing_ok=True)
+                    if self.peers is not None:
+                        await trio.to_thread.run_sync(self.peers.stop)
+                    if mountpoint.is_mounted(self.mountpoint) and not self._unmounting:
+                        self._unmounting = True
+                        await self._unmount()
+                    os.close(fd)  # aborts the connection: nothing waits on this daemon any more
 
     def run(self) -> int:
         mountpoint.recover_stale(self.mountpoint)
         self.mountpoint.mkdir(parents=True, exist_ok=True)
-        options = set(pyfuse3.default_options)
-        options |= {"fsname=mxfs", "subtype=mxfs", "ro", "default_permissions"}
-        if self.config.allow_other:
-            options.add("allow_other")
         if self.config.metrics_port:
             start_http_server(self.config.metrics_port, registry=self.stats.registry)
-        pyfuse3.init(self.ops, str(self.mountpoint), options)
-        log.info("mounted %s (server %s, cache %s, %d bytes max)", self.mountpoint,
-                 self.config.server, self.cache_dir, self.cache.limit)
+        # outside the trio run (start-up, shutdown) signals wait: the receiver handles them
+        # while the mount exists, and a second one must not kill the daemon mid-unmount
+        previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             trio.run(self.main)
         finally:
-            pyfuse3.close(unmount=True)
             self.cache.close()
             self.client.close()
+            for s, handler in previous.items():
+                signal.signal(s, handler)
             log.info("unmounted %s", self.mountpoint)
         return 0

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import pyfuse3
 import trio
 
 from mxfs.errors import MxfsError
@@ -43,6 +43,8 @@ class Prefetcher:
         self.chain = chain
         self.limiter = limiter
         self.concurrency = concurrency
+        #: ``store(inode, offset, data)`` puts bytes into the kernel page cache (set by the daemon)
+        self.store: Callable[[int, int, bytes | bytearray], None] | None = None
 
     async def run(self, job: PrefetchJob, manifest: Manifest, inode_of: dict[str, int] | None) -> None:
         """Hydrate ``manifest``; with ``inode_of`` (path -> inode) also fill the page cache."""
@@ -77,9 +79,9 @@ class Prefetcher:
                 else:
                     async with self.limiter:
                         data = await self.chain.block(manifest, entry, index)
-                if data is not None and inode_of is not None and entry.path in inode_of:
+                if data is not None and inode_of is not None and entry.path in inode_of and self.store:
                     try:
-                        pyfuse3.notify_store(inode_of[entry.path], offset, data)
+                        self.store(inode_of[entry.path], offset, data)
                     except OSError as exc:  # the kernel doesn't know the inode yet: fine
                         log.debug("notify_store %s: %s", entry.path, exc)
                 with job.lock:

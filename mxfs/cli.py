@@ -93,7 +93,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
                        ["mountpoint", "server", "cache_dir", "cache_size", "models", "fetch_timeout",
                         "readahead_blocks", "metrics_port", "log_level", "fetch_workers",
                         "peer_port", "peer_host", "peer_advertise", "peer_token", "peer_swarm",
-                        "peer_hedge", "peer_workers", "origin_direct"])
+                        "peer_hedge", "peer_workers", "origin_direct", "passthrough"])
     logs.setup(cfg.log_level)
     from mxfs_daemon.node import NodeDaemon
 
@@ -120,6 +120,9 @@ def add_mount(sub: argparse._SubParsersAction) -> None:
                    help="split a cold fleet's first fetches between nodes (default on)")
     p.add_argument("--peer-hedge", type=float, help="min seconds before a slow peer fetch also asks the server")
     p.add_argument("--peer-workers", type=int, help="concurrent peer requests served (default 16)")
+    p.add_argument("--passthrough", action=argparse.BooleanOptionalAction, default=None,
+                   help="kernel FUSE passthrough for complete, verified files (default on; "
+                        "--no-passthrough: the daemon answers every read)")
     p.add_argument("--origin-direct", action="append", metavar="URI",
                    help="read blocks straight from this origin with the node's own credentials "
                         "(hf, s3://bucket/prefix, ...; repeatable; same URI as the server's --origin)")

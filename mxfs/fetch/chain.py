@@ -85,6 +85,22 @@ class FetchChain:
     def is_cached(self, manifest: Manifest, entry: FileEntry, index: int) -> bool:
         return self.cache.contains(entry.key(index, manifest.block_size))
 
+    async def check_cached(self, manifest: Manifest, entry: FileEntry, index: int) -> bool:
+        """True when block ``index`` is in the local cache and matches its hash.
+
+        A corrupt cached block is dropped (as on a read). Used before the kernel is handed
+        a blob to read by itself (passthrough), since no such read ever reaches the chain.
+        """
+        key = entry.key(index, manifest.block_size)
+        if not self.cache.contains(key):
+            return False
+        _, length = entry.block_span(index, manifest.block_size)
+        if entry.lazy and self.hashes is not None:
+            expected = await self.hashes.get(manifest, entry, index)
+        else:
+            expected = entry.block_hashes[index]
+        return await in_thread(self._from_cache, key, length, expected, limiter=self.io_limiter) is not None
+
     async def block(
         self, manifest: Manifest, entry: FileEntry, index: int, via_peers: bool = True
     ) -> bytes | bytearray:

@@ -1,1 +1,1 @@
-"""The FUSE layer: a pure in-memory tree and thin pyfuse3 operations over it."""
+"""The FUSE layer: a pure in-memory tree, transport-agnostic operations, and a kernel session."""

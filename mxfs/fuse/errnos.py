@@ -8,7 +8,6 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-import pyfuse3
 import trio
 
 from mxfs.errors import (
@@ -19,6 +18,7 @@ from mxfs.errors import (
     ModelNotFound,
     SourceError,
 )
+from mxfs.fuse.interface import FuseError
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def errno_of(exc: BaseException) -> int | None:
 
 
 def translated(op: str) -> Callable[[F], F]:
-    """Turn mxfs errors raised by a FUSE handler method into one FUSEError.
+    """Turn mxfs errors raised by a FUSE handler method into one FuseError.
 
     The error is logged and reported to ``self.on_error(op, errno)`` when set.
     """
@@ -55,7 +55,7 @@ def translated(op: str) -> Callable[[F], F]:
         async def handler(self: Any, *args: Any, **kwargs: Any) -> Any:
             try:
                 return await fn(self, *args, **kwargs)
-            except pyfuse3.FUSEError:
+            except FuseError:
                 raise
             except Exception as exc:
                 code = errno_of(exc)
@@ -67,7 +67,7 @@ def translated(op: str) -> Callable[[F], F]:
                 on_error: Callable[[str, int], None] | None = getattr(self, "on_error", None)
                 if on_error is not None:
                     on_error(op, code)
-                raise pyfuse3.FUSEError(code) from exc
+                raise FuseError(code) from exc
 
         return handler  # type: ignore[return-value]
 

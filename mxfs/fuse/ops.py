@@ -1,6 +1,8 @@
-"""pyfuse3 operations: translate kernel requests into tree lookups and block reads.
+"""The filesystem's operations: translate FUSE requests into tree lookups and block reads.
 
-Nothing here fetches, caches or verifies; that is the reader's and the chain's job.
+Transport-agnostic (plain dataclasses in and out, see ``interface.py``). Nothing here
+fetches, caches or verifies; that is the reader's and the chain's job, and how an open
+file is served (chain, blob, kernel passthrough) is ``passthrough.py``'s.
 """
 
 from __future__ import annotations
@@ -10,14 +12,26 @@ import itertools
 import os
 import stat
 import time
-from collections.abc import Callable
-
-import pyfuse3
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from mxfs.cache.blocks import BlockCache
 from mxfs.fetch.reader import BlockReader, OpenFile
 from mxfs.fetch.resolver import ManifestResolver
 from mxfs.fuse.errnos import translated
+from mxfs.fuse.interface import (
+    Attr,
+    BackingFiles,
+    DirEntry,
+    Entry,
+    FileRange,
+    FsStats,
+    FuseError,
+    Notifier,
+    Opened,
+)
+from mxfs.fuse.passthrough import FileModes, InodeMode
+from mxfs.fuse.stats import BLOB, CACHED, PASSTHROUGH, FuseStats
 from mxfs.fuse.tree import Kind, Node, Tree
 from mxfs.manifest.names import ModelRef
 
@@ -26,12 +40,20 @@ XATTR_PREFIX = "user.mxfs."
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
 
 
-class MxfsOperations(pyfuse3.Operations):
-    """Read-only model tree; models appear on first lookup, bytes on first read."""
+@dataclass
+class _Handle:
+    node: Node
+    reader: OpenFile | None = None  # model files
+    mode: InodeMode | None = None
 
-    supports_dot_lookup = False
-    enable_writeback_cache = False
-    enable_acl = False
+    @property
+    def label(self) -> str:
+        m, e = self.node.manifest, self.node.entry
+        return f"{m.name}/{e.path}" if m is not None and e is not None else ""
+
+
+class MxfsOperations:
+    """Read-only model tree; models appear on first lookup, bytes on first read."""
 
     def __init__(
         self,
@@ -41,17 +63,34 @@ class MxfsOperations(pyfuse3.Operations):
         cache: BlockCache,
         root_xattrs: dict[str, str] | None = None,
         on_error: Callable[[str, int], None] | None = None,
+        stats: FuseStats | None = None,
     ) -> None:
-        super().__init__()
         self.tree = tree
         self.resolver = resolver
         self.reader = reader
         self.cache = cache
         self.root_xattrs = root_xattrs or {}
-        self._handles: dict[int, OpenFile | Node] = {}
+        self.stats = stats or FuseStats()
+        self.modes = FileModes(cache, reader.chain, self.stats)
+        self._handles: dict[int, _Handle] = {}
+        self._dirs: dict[int, int] = {}
         self._fh = itertools.count(1)
         self._started_ns = time.time_ns()
         self.on_error = on_error
+
+    def connected(self, granted: object, backing: BackingFiles | None, notifier: Notifier) -> None:
+        """The transport is up: ``backing`` is set when the kernel granted passthrough."""
+        self.modes.backing = backing
+        self.modes.notifier = notifier
+
+    def store_page_cache(self, inode: int, offset: int, data: bytes | bytearray) -> None:
+        """Warm the kernel page cache of ``inode`` (prefetch ``--page-cache``).
+
+        Skipped with passthrough: a complete file is then read from its blob's page cache,
+        which hydration just filled; a FUSE copy would be a second cache of the same bytes.
+        """
+        if self.modes.notifier is not None and self.modes.backing is None:
+            self.modes.notifier.store(inode, offset, data)
 
     # -- model resolution --------------------------------------------------------------
 
@@ -61,102 +100,102 @@ class MxfsOperations(pyfuse3.Operations):
 
     # -- attributes -----------------------------------------------------------------------
 
-    def _attr(self, node: Node) -> pyfuse3.EntryAttributes:
-        a = pyfuse3.EntryAttributes()
-        a.st_ino = node.inode
-        a.generation = 0
-        a.entry_timeout = ATTR_TIMEOUT if node.listed else 0
-        a.attr_timeout = ATTR_TIMEOUT
+    def _attr(self, node: Node) -> Attr:
         if node.is_dir:
-            a.st_mode = stat.S_IFDIR | 0o555
-            a.st_nlink = 2
-            a.st_size = 4096
-        else:
-            a.st_mode = stat.S_IFREG | 0o444
-            a.st_nlink = 1
-            a.st_size = node.size
-        a.st_uid = a.st_gid = 0
-        a.st_blksize = 1 << 20
-        a.st_blocks = (a.st_size + 511) // 512
-        a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = self._started_ns
-        return a
+            return Attr(node.inode, stat.S_IFDIR | 0o555, 4096, nlink=2, time_ns=self._started_ns)
+        return Attr(node.inode, stat.S_IFREG | 0o444, node.size, time_ns=self._started_ns)
+
+    def _entry(self, node: Node) -> Entry:
+        return Entry(self._attr(node), ATTR_TIMEOUT if node.listed else 0.0, ATTR_TIMEOUT)
+
+    def _node(self, inode: int) -> Node:
+        try:
+            return self.tree.get(inode)
+        except KeyError:
+            raise FuseError(errno.ENOENT) from None
 
     @translated("lookup")
-    async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+    async def lookup(self, parent: int, name: bytes) -> Entry:
         text = os.fsdecode(name)
-        node = self.tree.child(parent_inode, text)
+        self._node(parent)
+        node = self.tree.child(parent, text)
         if node is None:
-            ref = self.tree.pending_ref(parent_inode, text)
+            ref = self.tree.pending_ref(parent, text)
             if ref is not None:
                 await self.ensure_model(ref)
-            node = self.tree.child(parent_inode, text)
+            node = self.tree.child(parent, text)
         if node is None:
-            raise pyfuse3.FUSEError(errno.ENOENT)
-        return self._attr(node)
+            raise FuseError(errno.ENOENT)
+        return self._entry(node)
 
     @translated("getattr")
-    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        return self._attr(self.tree.get(inode))
+    async def getattr(self, inode: int) -> Entry:
+        return self._entry(self._node(inode))
 
-    async def forget(self, inode_list: list[tuple[int, int]]) -> None:
+    def forget(self, items: Sequence[tuple[int, int]]) -> None:
         """Inodes live as long as the mount; nothing to free."""
 
     @translated("statfs")
-    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
-        s = pyfuse3.StatvfsData()
-        s.f_bsize = s.f_frsize = 4096
-        s.f_blocks = max(self.cache.limit, self.cache.used) // 4096
-        s.f_bfree = s.f_bavail = max(0, self.cache.limit - self.cache.used) // 4096
-        s.f_files = len(self.tree.nodes)
-        s.f_ffree = s.f_favail = 0
-        s.f_namemax = 255
-        return s
+    async def statfs(self) -> FsStats:
+        return FsStats(4096, max(self.cache.limit, self.cache.used) // 4096,
+                       max(0, self.cache.limit - self.cache.used) // 4096, len(self.tree.nodes))
 
     # -- directories ------------------------------------------------------------------------
 
     @translated("opendir")
-    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
-        if not self.tree.get(inode).is_dir:
-            raise pyfuse3.FUSEError(errno.ENOTDIR)
-        return inode
+    async def opendir(self, inode: int) -> int:
+        if not self._node(inode).is_dir:
+            raise FuseError(errno.ENOTDIR)
+        fh = next(self._fh)
+        self._dirs[fh] = inode
+        return fh
 
     @translated("readdir")
-    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        entries = self.tree.listing(fh)
-        for index in range(start_id, len(entries)):
-            name, node = entries[index]
-            if not pyfuse3.readdir_reply(token, os.fsencode(name), self._attr(node), index + 1):
-                break
+    async def readdir(self, fh: int, offset: int) -> list[DirEntry]:
+        entries = self.tree.listing(self._dirs[fh])
+        return [DirEntry(os.fsencode(name), self._entry(node), index + 1)
+                for index, (name, node) in enumerate(entries) if index >= offset]
 
     async def releasedir(self, fh: int) -> None:
-        return None
+        self._dirs.pop(fh, None)
 
     # -- files ---------------------------------------------------------------------------------
 
     @translated("open")
-    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
-        node = self.tree.get(inode)
+    async def open(self, inode: int, flags: int) -> Opened:
+        node = self._node(inode)
         if node.is_dir:
-            raise pyfuse3.FUSEError(errno.EISDIR)
+            raise FuseError(errno.EISDIR)
         if flags & _WRITE_FLAGS:
-            raise pyfuse3.FUSEError(errno.EROFS)
-        fh = next(self._fh)
+            raise FuseError(errno.EROFS)
+        handle = _Handle(node)
         if node.entry is not None and node.manifest is not None:
-            self._handles[fh] = OpenFile(node.manifest, node.entry)
-        else:
-            self._handles[fh] = node
+            handle.reader = OpenFile(node.manifest, node.entry)
+            handle.mode = await self.modes.open(inode, node.manifest, node.entry)
+        fh = next(self._fh)
+        self._handles[fh] = handle
         # content never changes for an inode: let the kernel keep its page cache
-        return pyfuse3.FileInfo(fh=fh, keep_cache=True, direct_io=False)
+        backing = handle.mode.backing_id if handle.mode is not None else None
+        return Opened(fh, keep_cache=True, backing_id=backing)
 
     @translated("read")
-    async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
+    async def read(self, fh: int, off: int, size: int) -> bytes | bytearray | memoryview | FileRange:
         handle = self._handles[fh]
-        if isinstance(handle, Node):
-            return (handle.content or b"")[off : off + size]
-        return await self.reader.read(handle, off, size)
+        if handle.reader is None:
+            return (handle.node.content or b"")[off : off + size]
+        mode = handle.mode
+        if mode is not None and mode.blob_fd is not None and mode.mode in (BLOB, PASSTHROUGH):
+            length = max(0, min(size, handle.node.size - off))
+            self.stats.read(handle.label, mode.mode, length)
+            return FileRange(mode.blob_fd, off, length, drop_cache=True)
+        data = await self.reader.read(handle.reader, off, size)
+        self.stats.read(handle.label, CACHED, len(data))
+        return data
 
     async def release(self, fh: int) -> None:
-        self._handles.pop(fh, None)
+        handle = self._handles.pop(fh, None)
+        if handle is not None and handle.mode is not None:
+            self.modes.release(handle.node.inode)
 
     # -- extended attributes -------------------------------------------------------------------
 
@@ -165,6 +204,7 @@ class MxfsOperations(pyfuse3.Operations):
         out: dict[str, str] = {}
         if node.kind is Kind.ROOT:
             out.update(self.root_xattrs)
+            out["passthrough"] = "on" if self.modes.backing is not None else "off"
         manifest = node.manifest
         if manifest is not None:
             out["model"] = manifest.name
@@ -178,21 +218,28 @@ class MxfsOperations(pyfuse3.Operations):
             out["size"] = str(e.size)
             if self.cache.file_complete(e, manifest.block_size):
                 out["backing"] = str(self.cache.blob_path(e.sha256))
-        return out
+            mode = self.modes.mode_of(node.inode)
+            out["mode"] = mode.mode if mode is not None and mode.opens else ""
+        return {k: v for k, v in out.items() if v}
 
     @translated("getxattr")
-    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+    async def getxattr(self, inode: int, name: bytes) -> bytes:
         key = os.fsdecode(name)
+        node = self._node(inode)
         if key.startswith(XATTR_PREFIX):
-            if self.tree.get(inode).entry is not None:
+            if node.entry is not None:
                 await self.reader.chain.drain()  # bytes already read count as cached ("backing")
-            value = self.xattrs(self.tree.get(inode)).get(key[len(XATTR_PREFIX) :])
+            value = self.xattrs(node).get(key[len(XATTR_PREFIX) :])
             if value is not None:
                 return value.encode()
-        raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        raise FuseError(errno.ENODATA)
 
     @translated("listxattr")
-    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
-        if self.tree.get(inode).entry is not None:
+    async def listxattr(self, inode: int) -> list[bytes]:
+        node = self._node(inode)
+        if node.entry is not None:
             await self.reader.chain.drain()
-        return [(XATTR_PREFIX + k).encode() for k in self.xattrs(self.tree.get(inode))]
+        return [(XATTR_PREFIX + k).encode() for k in self.xattrs(node)]
+
+
+__all__ = ["BLOB", "CACHED", "PASSTHROUGH", "MxfsOperations"]

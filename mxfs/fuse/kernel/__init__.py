@@ -1,0 +1,1 @@
+"""A FUSE transport that speaks the kernel protocol over /dev/fuse (no libfuse)."""
