@@ -153,6 +153,10 @@ class NodeDaemon:
             await self._unmount()
             stop.cancel()
 
+    def _mount_listed(self) -> bool:
+        """From the mount table only: a stat of the mountpoint would wait for this very daemon."""
+        return any(mp == str(self.mountpoint) for mp, _, _ in mountpoint.mounts())
+
     async def _unmount(self) -> None:
         """Unmount while the session still answers (the kernel may ask it to DESTROY)."""
         try:
@@ -193,9 +197,10 @@ class NodeDaemon:
                     self.socket.unlink(missing_ok=True)
                     if self.peers is not None:
                         await trio.to_thread.run_sync(self.peers.stop)
-                    if mountpoint.is_mounted(self.mountpoint) and not self._unmounting:
+                    if not self._unmounting and self._mount_listed():  # the session died first
                         self._unmounting = True
-                        await self._unmount()
+                        log.error("fuse session ended with %s still mounted: detaching it", self.mountpoint)
+                        await in_thread(kernel_mount.unmount, self.mountpoint, True)
                     os.close(fd)  # aborts the connection: nothing waits on this daemon any more
 
     def run(self) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import trio
@@ -43,8 +43,8 @@ class Prefetcher:
         self.chain = chain
         self.limiter = limiter
         self.concurrency = concurrency
-        #: ``store(inode, offset, data)`` puts bytes into the kernel page cache (set by the daemon)
-        self.store: Callable[[int, int, bytes | bytearray], None] | None = None
+        #: ``await store(inode, offset, data)`` puts bytes into the kernel page cache (set by the daemon)
+        self.store: Callable[[int, int, bytes | bytearray], Awaitable[None]] | None = None
 
     async def run(self, job: PrefetchJob, manifest: Manifest, inode_of: dict[str, int] | None) -> None:
         """Hydrate ``manifest``; with ``inode_of`` (path -> inode) also fill the page cache."""
@@ -81,7 +81,7 @@ class Prefetcher:
                         data = await self.chain.block(manifest, entry, index)
                 if data is not None and inode_of is not None and entry.path in inode_of and self.store:
                     try:
-                        self.store(inode_of[entry.path], offset, data)
+                        await self.store(inode_of[entry.path], offset, data)
                     except OSError as exc:  # the kernel doesn't know the inode yet: fine
                         log.debug("notify_store %s: %s", entry.path, exc)
                 with job.lock:

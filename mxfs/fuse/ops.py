@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from mxfs.cache.blocks import BlockCache
 from mxfs.fetch.reader import BlockReader, OpenFile
 from mxfs.fetch.resolver import ManifestResolver
+from mxfs.fetch.threads import in_thread
 from mxfs.fuse.errnos import translated
 from mxfs.fuse.interface import (
     Attr,
@@ -83,14 +84,16 @@ class MxfsOperations:
         self.modes.backing = backing
         self.modes.notifier = notifier
 
-    def store_page_cache(self, inode: int, offset: int, data: bytes | bytearray) -> None:
+    async def store_page_cache(self, inode: int, offset: int, data: bytes | bytearray) -> None:
         """Warm the kernel page cache of ``inode`` (prefetch ``--page-cache``).
 
-        Skipped with passthrough: a complete file is then read from its blob's page cache,
-        which hydration just filled; a FUSE copy would be a second cache of the same bytes.
+        In a worker thread: the kernel locks the inode's pages meanwhile, and a read waiting
+        on one of them needs this (trio) thread to be answered. Skipped with passthrough: a
+        complete file is then read from its blob's page cache, which hydration just filled;
+        a FUSE copy would be a second cache of the same bytes.
         """
         if self.modes.notifier is not None and self.modes.backing is None:
-            self.modes.notifier.store(inode, offset, data)
+            await in_thread(self.modes.notifier.store, inode, offset, data)
 
     # -- model resolution --------------------------------------------------------------
 

@@ -29,6 +29,7 @@ import trio
 from mxfs.cache.blocks import BlockCache
 from mxfs.errors import MxfsError
 from mxfs.fetch.chain import FetchChain
+from mxfs.fetch.threads import in_thread
 from mxfs.fuse.interface import BackingFiles, Notifier
 from mxfs.fuse.stats import BLOB, CACHED, PASSTHROUGH, FuseStats
 from mxfs.manifest.model import BlockKey, FileEntry, Manifest
@@ -93,6 +94,9 @@ class FileModes:
         try:
             if await self._verified_complete(manifest, entry):
                 self._serve_from_blob(inode, state, manifest, entry)
+            if state.mode == PASSTHROUGH and state.was_cached:
+                await self._drop_fuse_pages(inode)
+                state.was_cached = False
         except BaseException:
             state.decided.set()
             self._release_state(inode, state)
@@ -147,12 +151,18 @@ class FileModes:
             log.warning("passthrough refused for %s (%s); serving it from the blob", entry.path, exc)
             return
         state.mode = PASSTHROUGH
-        if state.was_cached and self.notifier is not None:
-            try:
-                self.notifier.invalidate(inode)  # its pages now live in the backing file's cache
-            except OSError as exc:
-                log.debug("invalidate inode %d: %s", inode, exc)
-            state.was_cached = False
+
+    async def _drop_fuse_pages(self, inode: int) -> None:
+        """Its pages now live in the backing file's cache: drop the FUSE inode's copy.
+
+        In a worker thread, as the kernel locks the pages while it drops them.
+        """
+        if self.notifier is None:
+            return
+        try:
+            await in_thread(self.notifier.invalidate, inode)
+        except OSError as exc:
+            log.debug("invalidate inode %d: %s", inode, exc)
 
     # -- verification --------------------------------------------------------------------------
 

@@ -99,14 +99,6 @@ def unmount(mountpoint: Path, lazy: bool = False) -> None:
                    capture_output=True, timeout=30)
 
 
-def connection_dir(mountpoint: Path) -> Path:
-    """``/sys/fs/fuse/connections/<minor>`` of the mount (mounting fusectl if needed)."""
-    minor = os.minor(os.stat(mountpoint).st_dev)
-    if FUSECTL.is_dir() and not any(FUSECTL.iterdir()):
-        subprocess.run(["mount", "-t", "fusectl", "fusectl", str(FUSECTL)], capture_output=True, timeout=10)
-    return FUSECTL / str(minor)
-
-
 def abort(device_minor: int) -> None:
     """Abort a connection by device minor: every waiting request fails with ENOTCONN."""
     if FUSECTL.is_dir() and not any(FUSECTL.iterdir()):

@@ -10,6 +10,7 @@ from that file into /dev/fuse through a pipe in a worker thread (no byte enters 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import logging
@@ -37,7 +38,7 @@ from mxfs.fuse.kernel.protocol import InitFlag, Opcode, OpenFlag
 log = logging.getLogger(__name__)
 
 MAX_WRITE = 128 * 1024  # read-only: only bounds the request buffer the kernel demands
-MAX_PAGES = 32  # 128 KiB per READ
+MAX_PAGES = 32  # 128 KiB per READ (1 MiB read more than a tensor needs: see docs)
 READ_BUFFER = MAX_WRITE + 4096
 PIPE_SIZE = 2 * (MAX_PAGES * 4096)
 F_SETPIPE_SZ = 1031
@@ -90,6 +91,7 @@ class Filesystem(Protocol):
 class Request:
     """A decoded request header; ``body`` is the opcode's argument bytes (decoded by its handler)."""
 
+    fd: int  # the descriptor it was read from: its reply goes there
     opcode: int
     unique: int
     nodeid: int
@@ -189,12 +191,24 @@ class _Pipes:
             self._free.clear()
 
 
+def clone(fd: int) -> int:
+    """A new /dev/fuse descriptor on the same connection, with its own processing queue."""
+    new = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(new, p.DEV_IOC_CLONE, bytearray(_U32.pack(fd)), True)
+    except OSError:
+        os.close(new)
+        raise
+    return new
+
+
 class Session:
     """Serve ``fs`` on the mounted descriptor ``fd`` until the filesystem is unmounted."""
 
     def __init__(self, fs: Filesystem, fd: int, passthrough: bool = True, max_background: int = 64,
-                 io_limiter: trio.CapacityLimiter | None = None) -> None:
+                 io_limiter: trio.CapacityLimiter | None = None, reader_threads: int = 0) -> None:
         self.fs = fs
+        self.reader_threads = reader_threads
         self.fd = fd
         self.want_passthrough = passthrough
         self.max_background = max_background
@@ -217,31 +231,82 @@ class Session:
 
     async def run(self) -> None:
         """Read and dispatch requests until the kernel reports the filesystem gone (ENODEV)."""
-        os.set_blocking(self.fd, False)
         try:
-            async with trio.open_nursery() as nursery:
-                while True:
-                    try:
-                        raw = os.read(self.fd, READ_BUFFER)
-                    except BlockingIOError:
-                        await trio.lowlevel.wait_readable(self.fd)
-                        continue
-                    except OSError as exc:
-                        if exc.errno in (errno.EINTR, errno.ENOENT):  # interrupted before we read it
-                            continue
-                        if exc.errno in (errno.ENODEV, errno.ECONNABORTED):  # unmounted / aborted
-                            break
-                        raise
-                    self._dispatch(raw, nursery)
-                    await trio.lowlevel.checkpoint()
-                nursery.cancel_scope.cancel()
+            if self.reader_threads:
+                await self._run_threads()
+            else:
+                await self._run_polling()
         finally:
             self._pipes.close()
         log.debug("fuse session ended")
 
-    def _dispatch(self, raw: bytes, nursery: trio.Nursery) -> None:
+    async def _run_polling(self) -> None:
+        """The default: a non-blocking descriptor read on the trio thread when it is readable."""
+        os.set_blocking(self.fd, False)
+        async with trio.open_nursery() as nursery:
+            while True:
+                try:
+                    raw = os.read(self.fd, READ_BUFFER)
+                except BlockingIOError:
+                    await trio.lowlevel.wait_readable(self.fd)
+                    continue
+                except OSError as exc:
+                    if exc.errno in (errno.EINTR, errno.ENOENT):  # interrupted before we read it
+                        continue
+                    if exc.errno in (errno.ENODEV, errno.ECONNABORTED):  # unmounted / aborted
+                        break
+                    raise
+                if not raw:  # the other end is gone (only a socket stand-in does this)
+                    break
+                self._dispatch(self.fd, raw, nursery)
+                await trio.lowlevel.checkpoint()
+            nursery.cancel_scope.cancel()
+
+    async def _run_threads(self) -> None:
+        """Alternative: blocking reads in threads, one per cloned descriptor (measured slower
+        on a 2-core node, see docs/architecture.md; kept for that comparison)."""
+        fds = [self.fd] + [clone(self.fd) for _ in range(self.reader_threads - 1)]
+        send, receive = trio.open_memory_channel[tuple[int, bytes]](float("inf"))
+        token = trio.lowlevel.current_trio_token()
+        alive = [len(fds)]
+
+        def reader(fd: int) -> None:
+            try:
+                while True:
+                    try:
+                        raw = os.read(fd, READ_BUFFER)
+                    except OSError as exc:
+                        if exc.errno in (errno.EINTR, errno.ENOENT):
+                            continue
+                        break
+                    if not raw:
+                        break
+                    trio.from_thread.run_sync(send.send_nowait, (fd, raw), trio_token=token)
+            except trio.RunFinishedError:
+                return
+            finally:
+                with contextlib.suppress(trio.RunFinishedError):
+                    trio.from_thread.run_sync(_one_less, trio_token=token)
+
+        def _one_less() -> None:
+            alive[0] -= 1
+            if not alive[0]:
+                send.close()
+
+        for fd in fds:
+            threading.Thread(target=reader, args=(fd,), name=f"fuse-reader-{fd}", daemon=True).start()
+        try:
+            async with trio.open_nursery() as nursery:
+                async for fd, raw in receive:
+                    self._dispatch(fd, raw, nursery)
+                nursery.cancel_scope.cancel()
+        finally:
+            for fd in fds[1:]:
+                os.close(fd)
+
+    def _dispatch(self, fd: int, raw: bytes, nursery: trio.Nursery) -> None:
         length, opcode, unique, nodeid, uid, gid, pid, _, _ = p.IN_HEADER.unpack_from(raw)
-        req = Request(opcode, unique, nodeid, uid, gid, pid, memoryview(raw)[p.IN_HEADER.size : length])
+        req = Request(fd, opcode, unique, nodeid, uid, gid, pid, memoryview(raw)[p.IN_HEADER.size : length])
         if opcode == Opcode.INIT:
             self._init(req)
         elif opcode == Opcode.FORGET:
@@ -261,40 +326,41 @@ class Session:
             scope = self._pending[unique] = trio.CancelScope()
             nursery.start_soon(self._serve, req, scope)
         elif opcode in p.WRITE_OPCODES:
-            self._error(unique, errno.EROFS)
+            self._error(req, errno.EROFS)
         else:
-            self._error(unique, errno.ENOSYS)
+            self._error(req, errno.ENOSYS)
 
     async def _serve(self, req: Request, scope: trio.CancelScope) -> None:
         try:
             with scope:
                 await self._handlers[req.opcode](req)
             if scope.cancelled_caught:
-                self._error(req.unique, errno.EINTR)
+                self._error(req, errno.EINTR)
         except FuseError as exc:
-            self._error(req.unique, exc.errno)
+            self._error(req, exc.errno)
         except Exception:
             log.exception("fuse %s failed", Opcode(req.opcode).name)
-            self._error(req.unique, errno.EIO)
+            self._error(req, errno.EIO)
         finally:
             self._pending.pop(req.unique, None)
 
     # -- replies -------------------------------------------------------------------------------
 
-    def _send(self, parts: Sequence[bytes | bytearray | memoryview]) -> None:
+    def _send(self, fd: int, parts: Sequence[bytes | bytearray | memoryview]) -> None:
         try:
-            os.writev(self.fd, parts)
+            os.writev(fd, parts)
         except OSError as exc:
             # ENOENT: the request was interrupted or aborted meanwhile; ENODEV: unmounted
             if exc.errno not in (errno.ENOENT, errno.ENODEV, errno.ECONNABORTED):
                 raise
 
-    def _reply(self, unique: int, *payload: bytes | bytearray | memoryview) -> None:
+    def _reply(self, req: Request, *payload: bytes | bytearray | memoryview) -> None:
+        """Answer on the descriptor the request came from (each clone has its own queue)."""
         size = p.OUT_HEADER.size + sum(len(x) for x in payload)
-        self._send([p.OUT_HEADER.pack(size, 0, unique), *payload])
+        self._send(req.fd, [p.OUT_HEADER.pack(size, 0, req.unique), *payload])
 
-    def _error(self, unique: int, code: int) -> None:
-        self._send([p.OUT_HEADER.pack(p.OUT_HEADER.size, -code, unique)])
+    def _error(self, req: Request, code: int) -> None:
+        self._send(req.fd, [p.OUT_HEADER.pack(p.OUT_HEADER.size, -code, req.unique)])
 
     # -- INIT: the one place that negotiates ---------------------------------------------------
 
@@ -303,10 +369,10 @@ class Session:
         if major != p.KERNEL_VERSION:
             log.error("kernel speaks FUSE %d.%d; this session needs major %d", major, minor, p.KERNEL_VERSION)
             if major > p.KERNEL_VERSION:  # the kernel will retry INIT with our major
-                self._reply(req.unique, p.INIT_OUT.pack(p.KERNEL_VERSION, p.KERNEL_MINOR_VERSION,
+                self._reply(req, p.INIT_OUT.pack(p.KERNEL_VERSION, p.KERNEL_MINOR_VERSION,
                                                         0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0))
             else:
-                self._error(req.unique, errno.EPROTO)
+                self._error(req, errno.EPROTO)
             return
         offered = InitFlag(flags)
         if flags & InitFlag.INIT_EXT and len(req.body) >= p.INIT_IN.size:
@@ -324,7 +390,7 @@ class Session:
             reply = reply[:24]  # FUSE_COMPAT_22_INIT_OUT_SIZE
         backing = Backing(self.fd) if self.granted.passthrough else None
         self.fs.connected(self.granted, backing, Notifier(self.fd))
-        self._reply(req.unique, reply)
+        self._reply(req, reply)
         log.info("fuse protocol 7.%d, passthrough %s%s", minor,
                  "on" if self.granted.passthrough else "off",
                  "" if self.want_passthrough else " (--no-passthrough)")
@@ -333,15 +399,15 @@ class Session:
     # -- handlers (typed arguments in, dataclasses out) ----------------------------------------
 
     async def _ok(self, req: Request) -> None:
-        self._reply(req.unique)
+        self._reply(req)
 
     async def _lookup(self, req: Request) -> None:
-        self._reply(req.unique, _entry(await self.fs.lookup(req.nodeid, _name(req.body))))
+        self._reply(req, _entry(await self.fs.lookup(req.nodeid, _name(req.body))))
 
     async def _getattr(self, req: Request) -> None:
         e = await self.fs.getattr(req.nodeid)
         sec, nsec = _valid(e.attr_timeout)
-        self._reply(req.unique, p.ATTR_OUT_HEAD.pack(sec, nsec, 0), _attr(e.attr))
+        self._reply(req, p.ATTR_OUT_HEAD.pack(sec, nsec, 0), _attr(e.attr))
 
     async def _open(self, req: Request) -> None:
         flags, _ = p.OPEN_IN.unpack_from(req.body)
@@ -351,28 +417,28 @@ class Session:
             open_flags |= OpenFlag.PASSTHROUGH
         elif o.keep_cache:
             open_flags |= OpenFlag.KEEP_CACHE
-        self._reply(req.unique, p.OPEN_OUT.pack(o.fh, open_flags, o.backing_id or 0))
+        self._reply(req, p.OPEN_OUT.pack(o.fh, open_flags, o.backing_id or 0))
 
     async def _read(self, req: Request) -> None:
         fh, offset, size, *_ = p.READ_IN.unpack_from(req.body)
         data = await self.fs.read(fh, offset, size)
         if isinstance(data, FileRange):
-            await trio.to_thread.run_sync(self._reply_from_file, req.unique, data, limiter=self._io_limiter)
+            await trio.to_thread.run_sync(self._reply_from_file, req, data, limiter=self._io_limiter)
         else:
-            self._reply(req.unique, data)
+            self._reply(req, data)
 
-    def _reply_from_file(self, unique: int, rng: FileRange) -> None:
+    def _reply_from_file(self, req: Request, rng: FileRange) -> None:
         """Worker thread: splice ``rng`` into the reply (header written into the pipe first)."""
         pipe = self._pipes.get() if rng.length <= PIPE_SIZE - p.OUT_HEADER.size else None
         if pipe is None:
-            self._reply(unique, os.pread(rng.fd, rng.length, rng.offset))
+            self._reply(req, os.pread(rng.fd, rng.length, rng.offset))
             if rng.drop_cache:
                 os.posix_fadvise(rng.fd, rng.offset, rng.length, os.POSIX_FADV_DONTNEED)
             return
         r, w = pipe
         total = p.OUT_HEADER.size + rng.length
         try:
-            os.write(w, p.OUT_HEADER.pack(total, 0, unique))
+            os.write(w, p.OUT_HEADER.pack(total, 0, req.unique))
             moved, offset = 0, rng.offset
             while moved < rng.length:
                 n = os.splice(rng.fd, w, rng.length - moved, offset_src=offset)
@@ -380,7 +446,7 @@ class Session:
                     raise OSError(errno.EIO, "short backing file")
                 moved += n
                 offset += n
-            os.splice(r, self.fd, total, flags=os.SPLICE_F_MOVE)
+            os.splice(r, req.fd, total, flags=os.SPLICE_F_MOVE)
             if rng.drop_cache:
                 os.posix_fadvise(rng.fd, rng.offset, rng.length, os.POSIX_FADV_DONTNEED)
         except OSError as exc:
@@ -389,7 +455,7 @@ class Session:
             if exc.errno in (errno.ENOENT, errno.ENODEV, errno.ECONNABORTED):
                 return
             log.warning("splice reply failed (%s); answering EIO", exc)
-            self._error(unique, errno.EIO)
+            self._error(req, errno.EIO)
             return
         self._pipes.put(pipe)
 
@@ -397,11 +463,11 @@ class Session:
         fh, *_ = p.RELEASE_IN.unpack_from(req.body)
         with trio.CancelScope(shield=True):  # a release must always run to the end
             await self.fs.release(fh)
-        self._reply(req.unique)
+        self._reply(req)
 
     async def _opendir(self, req: Request) -> None:
         fh = await self.fs.opendir(req.nodeid)
-        self._reply(req.unique, p.OPEN_OUT.pack(fh, 0, 0))
+        self._reply(req, p.OPEN_OUT.pack(fh, 0, 0))
 
     async def _readdir(self, req: Request, plus: bool = False) -> None:
         fh, offset, size, *_ = p.READ_IN.unpack_from(req.body)
@@ -416,7 +482,7 @@ class Session:
                 break
             out.append(rec)
             used += len(rec)
-        self._reply(req.unique, b"".join(out))
+        self._reply(req, b"".join(out))
 
     async def _readdirplus(self, req: Request) -> None:
         await self._readdir(req, plus=True)
@@ -424,37 +490,37 @@ class Session:
     async def _releasedir(self, req: Request) -> None:
         fh, *_ = p.RELEASE_IN.unpack_from(req.body)
         await self.fs.releasedir(fh)
-        self._reply(req.unique)
+        self._reply(req)
 
-    def _sized(self, unique: int, want: int, value: bytes) -> None:
+    def _sized(self, req: Request, want: int, value: bytes) -> None:
         if want == 0:
-            self._reply(unique, p.GETXATTR_OUT.pack(len(value), 0))
+            self._reply(req, p.GETXATTR_OUT.pack(len(value), 0))
         elif want < len(value):
-            self._error(unique, errno.ERANGE)
+            self._error(req, errno.ERANGE)
         else:
-            self._reply(unique, value)
+            self._reply(req, value)
 
     async def _getxattr(self, req: Request) -> None:
         want, _ = p.GETXATTR_IN.unpack_from(req.body)
         value = await self.fs.getxattr(req.nodeid, _name(req.body[p.GETXATTR_IN.size :]))
-        self._sized(req.unique, want, value)
+        self._sized(req, want, value)
 
     async def _listxattr(self, req: Request) -> None:
         want, _ = p.GETXATTR_IN.unpack_from(req.body)
         names = await self.fs.listxattr(req.nodeid)
-        self._sized(req.unique, want, b"".join(n + b"\0" for n in names))
+        self._sized(req, want, b"".join(n + b"\0" for n in names))
 
     async def _statfs(self, req: Request) -> None:
         s = await self.fs.statfs()
-        self._reply(req.unique, p.STATFS_OUT.pack(s.blocks, s.blocks_free, s.blocks_free, s.files, 0,
+        self._reply(req, p.STATFS_OUT.pack(s.blocks, s.blocks_free, s.blocks_free, s.files, 0,
                                                   s.block_size, s.name_max, s.block_size, 0))
 
     async def _access(self, req: Request) -> None:
         mask, _ = p.ACCESS_IN.unpack_from(req.body)
         if mask & os.W_OK:
             raise FuseError(errno.EROFS)
-        self._reply(req.unique)
+        self._reply(req)
 
     async def _destroy(self, req: Request) -> None:
         self._destroyed = True
-        self._reply(req.unique)
+        self._reply(req)
