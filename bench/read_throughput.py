@@ -2,7 +2,7 @@
 """Read throughput of a >=1 GiB model: raw origin vs the mxfs mount (cold, warm, re-read, prefetch).
 
 Prints one table of GB/s and the ratio to the raw page-cache read, all measured in this run.
-Usage: python bench/read_throughput.py [--size 1GiB] [--workdir DIR] [--block-size 4MiB]
+Usage: python bench/read_throughput.py [--size 1GiB] [--workdir DIR] [--block-size 4MiB] [--no-passthrough]
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ def main() -> int:
     ap.add_argument("--size", default="1GiB")
     ap.add_argument("--block-size", default="4MiB")
     ap.add_argument("--workdir", default=None)
+    ap.add_argument("--no-passthrough", action="store_true", help="mount with --no-passthrough")
     args = ap.parse_args()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="mxfs-bench-"))
     origin = work / "origin"
@@ -52,7 +53,8 @@ def main() -> int:
     rows.append(("raw origin read (page cache)", *read_all(origin / MODEL)))
 
     server = ServerProc(origin, work / "server-cache", block_size=parse_size(args.block_size)).start()
-    node = MountProc(work / "mnt", work / "node-cache", server.address)
+    node = MountProc(work / "mnt", work / "node-cache", server.address,
+                     ["--no-passthrough"] if args.no_passthrough else [])
     try:
         shutil.rmtree(node.cache_dir, ignore_errors=True)
         node.start(wait_model=MODEL)
@@ -78,7 +80,8 @@ def main() -> int:
         server.stop()
 
     raw = rows[0][1] / rows[0][2]
-    print(f"\nmodel {rows[0][1] / 2**30:.2f} GiB, block size {args.block_size}, {os.cpu_count()} cores\n")
+    print(f"\nmodel {rows[0][1] / 2**30:.2f} GiB, block size {args.block_size}, {os.cpu_count()} cores, "
+          f"passthrough {'off' if args.no_passthrough else 'on'}\n")
     print(f"| {'path':<44} | {'GB/s':>7} | {'x raw':>7} |")
     print(f"|{'-' * 46}|{'-' * 9}|{'-' * 9}|")
     for label, nbytes, seconds in rows:
