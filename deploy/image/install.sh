@@ -16,9 +16,9 @@ RUNTIME_PACKAGES="ca-certificates fuse3 python3 python3-venv"
 BUILD_PACKAGES="gcc libc6-dev libfuse3-dev pkg-config python3-dev"
 export DEBIAN_FRONTEND=noninteractive
 
-apt-get update -q
+apt-get -o Acquire::Retries=3 update -q
 # shellcheck disable=SC2086 # word splitting of the package lists is intended
-apt-get install -y -q --no-install-recommends $RUNTIME_PACKAGES $BUILD_PACKAGES
+apt-get -o Acquire::Retries=3 install -y -q --no-install-recommends $RUNTIME_PACKAGES $BUILD_PACKAGES
 
 python3 -m venv "$PREFIX"
 "$PREFIX/bin/pip" install --disable-pip-version-check --no-input "$SRC[$EXTRAS]"
