@@ -11,7 +11,6 @@ know which peer lied). Tiers with ``is_peer = True`` are skipped for ``via_peers
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import time
@@ -27,17 +26,13 @@ from mxfs.fetch.base import Tier
 from mxfs.fetch.hashes import BlockHashes
 from mxfs.fetch.stats import FetchStats
 from mxfs.fetch.threads import in_thread
+from mxfs.manifest.hashing import block_ok
 from mxfs.manifest.model import BlockKey, FileEntry, Manifest
 
 log = logging.getLogger(__name__)
 
 
 MAX_PENDING_WRITES = 16  # blocks held in memory while they wait for the disk
-
-def digest_ok(data: bytes | bytearray | memoryview, expected: bytes) -> bool:
-    """sha256 check (hashlib releases the GIL, so call it from a worker thread)."""
-    return hashlib.sha256(data).digest() == expected
-
 
 @dataclass
 class _Flight:
@@ -126,7 +121,8 @@ class FetchChain:
         else:
             expected = entry.block_hashes[index]
         start = time.monotonic()
-        data = await in_thread(self._from_cache, key, length, expected, limiter=self.io_limiter)
+        data = await in_thread(self._from_cache, key, length, manifest.block_hash, expected,
+                               limiter=self.io_limiter)
         if data is not None:
             self.stats.got("local", length, time.monotonic() - start)
             return data
@@ -200,7 +196,8 @@ class FetchChain:
             fatal.append(exc)
             scope.cancel()
             return
-        ok = len(raw) == length and (getattr(tier, "verifies", False) or await in_thread(digest_ok, raw, expected))
+        ok = len(raw) == length and (getattr(tier, "verifies", False)
+                                    or await in_thread(block_ok, manifest.block_hash, raw, expected))
         if not ok:
             self.stats.bad_hash(tier.name)
             tier.quarantine(manifest, entry, index)
@@ -214,11 +211,11 @@ class FetchChain:
         won.append(raw)
         scope.cancel()
 
-    def _from_cache(self, key: BlockKey, length: int, expected: bytes) -> bytes | None:
+    def _from_cache(self, key: BlockKey, length: int, algorithm: str, expected: bytes) -> bytes | None:
         data = self.cache.read(key, length)
         if data is None:
             return None
-        if digest_ok(data, expected):
+        if block_ok(algorithm, data, expected):
             return data
         self.stats.bad_hash("local")
         log.warning("cached block %s is corrupt; dropping it and refetching", key)
