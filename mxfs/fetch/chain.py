@@ -87,16 +87,19 @@ class FetchChain:
         if not entry.block_hashes and (self.hashes is None or not entry.lazy):
             raise InvalidModelName(f"{entry.path}: manifest has no block hashes")
         key = entry.key(index, manifest.block_size)
-        data = self.hot.get(key)
-        if data is not None:
-            return data
-        flight = self._flights.get(key)
-        if flight is not None:
+        while True:
+            data = self.hot.get(key)
+            if data is not None:
+                return data
+            flight = self._flights.get(key)
+            if flight is None:
+                break
             await flight.done.wait()
             if flight.error is not None:
                 raise flight.error
-            assert flight.data is not None
-            return flight.data
+            if flight.data is not None:
+                return flight.data
+            # hydration wrote it in place (now in the cache) or gave up on it: load it ourselves
         flight = self._flights[key] = _Flight()
         self.cache.pin(key)  # a block being read is never evicted
         try:
@@ -110,6 +113,28 @@ class FetchChain:
             self.cache.unpin(key)
             del self._flights[key]
             flight.done.set()
+
+    def claim(self, key: BlockKey) -> _Flight | None:
+        """Take the single flight of ``key`` for an in-place write (None: someone else has it).
+
+        Readers of ``key`` wait for ``release`` and then read the cache (or fetch it themselves)."""
+        if key in self._flights:
+            return None
+        flight = self._flights[key] = _Flight()
+        return flight
+
+    def release(self, key: BlockKey, flight: _Flight) -> None:
+        if self._flights.get(key) is flight:
+            del self._flights[key]
+        flight.done.set()
+
+    async def expected(self, manifest: Manifest, entry: FileEntry, index: int) -> bytes:
+        """The digest block ``index`` must have (asked from the server for lazy entries)."""
+        if entry.lazy and self.hashes is not None:
+            return await self.hashes.get(manifest, entry, index)
+        if not entry.block_hashes:
+            raise InvalidModelName(f"{entry.path}: manifest has no block hashes")
+        return entry.block_hashes[index]
 
     async def _load(
         self, manifest: Manifest, entry: FileEntry, index: int, key: BlockKey, via_peers: bool = True
