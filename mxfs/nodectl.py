@@ -38,6 +38,23 @@ def _stub(path: Path) -> node_pb2_grpc.NodeControlStub:
     return node_pb2_grpc.NodeControlStub(grpc.insecure_channel(f"unix://{control_socket(path)}"))
 
 
+def hydrate_model(path: Path, timeout_s: float | None = None) -> node_pb2.PrefetchProgress:
+    """Hydrate the model at ``path`` and wait; the last progress message (``complete`` says
+    whether every file ended complete in the node cache). Raises MxfsError when the daemon
+    cannot be asked or the wait runs out."""
+    name, revision = _xattr(path, "model"), _xattr(path, "revision")
+    if not name or not revision:
+        raise MxfsError(f"{path} is not a model directory of a mxfs mount")
+    last = node_pb2.PrefetchProgress()
+    try:
+        for message in _stub(path).Prefetch(node_pb2.PrefetchRequest(name=name, revision=revision),
+                                            timeout=timeout_s):
+            last = message
+    except grpc.RpcError as exc:
+        raise MxfsError(f"prefetch of {name}: {exc.code().name}: {exc.details()}") from exc
+    return last
+
+
 def prefetch(path: Path, page_cache: bool = False, progress: bool = True, wait: bool = False) -> int:
     """Hydrate the model at ``path`` through its daemon; shows a bar on a terminal, else one
     structured log line (bytes, rate, ETA) every few seconds. With ``wait`` the exit code is
@@ -99,7 +116,8 @@ def print_status(mountpoint: Path) -> int:
     print(f"cache {s.cache_bytes}/{s.cache_limit} bytes")
     for m in s.models:
         pct = 100.0 * m.cached_bytes / m.total_bytes if m.total_bytes else 100.0
-        print(f"  {m.name}@{m.revision}  {m.cached_bytes}/{m.total_bytes} bytes cached ({pct:.1f}%)")
+        print(f"  {m.name}@{m.revision}  {m.cached_bytes}/{m.total_bytes} bytes cached ({pct:.1f}%), "
+              f"{m.complete_files}/{m.files} files complete")
     for tier, n in sorted(s.bytes_by_tier.items()):
         print(f"  from {tier}: {n} bytes")
     for peer in s.peers:
