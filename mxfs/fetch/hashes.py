@@ -25,6 +25,7 @@ import trio
 
 from mxfs.errors import BlockUnavailable
 from mxfs.fetch.threads import in_thread
+from mxfs.fileio import path_under
 from mxfs.manifest import hashing
 from mxfs.manifest.model import FileEntry, Manifest
 from mxfs.rpc.client import MxfsClient
@@ -78,7 +79,7 @@ class BlockHashes:
 
     def _path(self, fid: FileId) -> Path:
         name = f"{fid[0]}-{fid[1]}"  # sha256 digests: the name used before the algorithm was recorded
-        return self.dir / (name if fid[2] == hashing.SHA256 else f"{name}-{fid[2]}")
+        return path_under(self.dir, name if fid[2] == hashing.SHA256 else f"{name}-{fid[2]}")
 
     def _load(self, fid: FileId) -> dict[int, bytes]:
         try:

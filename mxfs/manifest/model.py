@@ -95,7 +95,10 @@ class Manifest:
     block_hash: str = hashing.LEGACY
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "block_hash", hashing.check_algorithm(self.block_hash))
+        try:
+            object.__setattr__(self, "block_hash", hashing.check_algorithm(self.block_hash))
+        except ValueError as exc:
+            raise ManifestError(str(exc)) from None
 
     @cached_property
     def by_path(self) -> dict[str, FileEntry]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from mxfs.manifest import hashing
 from mxfs.manifest.model import FileEntry, Manifest, TensorInfo
+from mxfs.manifest.validate import validate_manifest
 from mxfs.rpc import mxfs_pb2
 
 
@@ -35,7 +36,8 @@ def manifest_to_pb(m: Manifest) -> mxfs_pb2.Manifest:
 
 
 def manifest_from_pb(pb: mxfs_pb2.Manifest) -> Manifest:
-    return Manifest(
+    """The manifest a server sent, checked by :func:`validate_manifest` (ManifestError if unsafe)."""
+    return validate_manifest(Manifest(
         name=pb.name,
         revision=pb.revision,
         block_size=pb.block_size,
@@ -54,4 +56,4 @@ def manifest_from_pb(pb: mxfs_pb2.Manifest) -> Manifest:
             )
             for f in pb.files
         ),
-    )
+    ))
