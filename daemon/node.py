@@ -111,8 +111,10 @@ class NodeDaemon:
         )
         for manifest in self.tree.manifests():
             cached = sum(self.cache.cached_bytes(e, manifest.block_size) for e in manifest.files)
+            complete = sum(1 for e in manifest.files if not e.size or self.cache.is_complete(e, manifest.block_size))
             reply.models.add(name=manifest.name, revision=manifest.revision,
-                             total_bytes=manifest.total_size, cached_bytes=cached)
+                             total_bytes=manifest.total_size, cached_bytes=cached,
+                             files=len(manifest.files), complete_files=complete)
         return reply
 
     def _mounted_manifest(self, name: str, revision: str) -> Manifest | None:

@@ -200,9 +200,11 @@ def add_client_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_prefetch(args: argparse.Namespace) -> int:
+    from mxfs import logs
     from mxfs.nodectl import prefetch
 
-    return prefetch(Path(args.path), page_cache=args.page_cache, progress=not args.no_progress)
+    logs.setup("INFO")
+    return prefetch(Path(args.path), page_cache=args.page_cache, progress=not args.no_progress, wait=args.wait)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -216,6 +218,8 @@ def add_node_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("path", help="MOUNTPOINT/<org>/<name> (or a hub snapshot directory)")
     p.add_argument("--page-cache", action="store_true", help="also fill the kernel page cache")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--wait", action="store_true",
+                   help="exit 0 only once every file is complete and verified in the node cache")
     p.set_defaults(func=cmd_prefetch)
     p = sub.add_parser("status", help="models, cache and byte sources of a node daemon")
     p.add_argument("mountpoint")
