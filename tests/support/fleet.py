@@ -367,7 +367,7 @@ class NetFleet:
         self.server = member
         member.popen([sys.executable, "-m", "mxfs", "server", "--host", SERVER_IP,
                       "--port", str(SERVER_PORT), "--data-port", str(DATA_PORT),
-                      "--metrics-port", str(METRICS_PORT), "--peer-token", self.token,
+                      "--metrics-port", str(METRICS_PORT), "--metrics-host", SERVER_IP, "--peer-token", self.token,
                       "--cache-dir", str(member.workdir / "cache"), "--models-dir", str(models_dir),
                       "--block-size", str(block_size), *(extra or [])])
 
@@ -396,7 +396,7 @@ class NetFleet:
         node.popen([sys.executable, "-m", "mxfs", "mount", str(node.mountpoint),
                     "--server", f"{SERVER_IP}:{SERVER_PORT}", "--cache-dir", str(node.cache_dir),
                     "--peer-port", str(PEER_PORT), "--peer-host", ip, "--peer-token", self.token,
-                    "--metrics-port", str(NODE_METRICS_PORT), *(extra or [])])
+                    "--metrics-port", str(NODE_METRICS_PORT), "--metrics-host", ip, *(extra or [])])
 
         def up() -> bool:
             if not node.alive():
