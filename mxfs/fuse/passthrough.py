@@ -47,7 +47,7 @@ class InodeMode:
     opens: int = 0
     blob_fd: int | None = None
     backing_id: int | None = None
-    pinned: list[BlockKey] = field(default_factory=list)
+    pinned: tuple[FileEntry, int] | None = None  # (entry, block size) while its blocks are pinned
     was_cached: bool = False  # its FUSE page cache may hold pages from cached-mode reads
     decided: trio.Event = field(default_factory=trio.Event)  # set once the first open chose
 
@@ -123,18 +123,16 @@ class FileModes:
                 log.warning("closing backing file of inode %d: %s", inode, exc)
         if state.blob_fd is not None:
             os.close(state.blob_fd)
-        for key in state.pinned:
-            self.cache.unpin(key)
+        if state.pinned is not None:
+            self.cache.unpin_file(*state.pinned)
         state.backing_id = state.blob_fd = None
-        state.pinned = []
+        state.pinned = None
         state.mode = CACHED
 
     def _serve_from_blob(self, inode: int, state: InodeMode, manifest: Manifest, entry: FileEntry) -> None:
         bs = manifest.block_size
-        keys = [entry.key(i, bs) for i in range(entry.block_count(bs))]
-        for key in keys:
-            self.cache.pin(key)
-        state.pinned = keys
+        self.cache.pin_file(entry, bs)
+        state.pinned = (entry, bs)
         if not self.cache.file_complete(entry, bs):  # evicted between the check and the pins
             return
         try:

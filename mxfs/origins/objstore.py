@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from mxfs import envs
 from mxfs.errors import InvalidModelName, ModelNotFound, OriginDenied, SourceError
 from mxfs.manifest.names import DEFAULT_REVISION, is_commit, validate_name, validate_relpath
+from mxfs.manifest.validate import check_size
 from mxfs.origins.remote import OriginUnavailable, RemoteFile, Snapshot, check_range, listing_revision
 
 log = logging.getLogger(__name__)
@@ -118,7 +119,16 @@ class S3Store:
             got = r.get("ETag", "").strip('"')
             if etag and got and got != etag:
                 raise ModelNotFound(f"{what} changed at the origin (ETag {got}, pinned {etag})")
-            data = r["Body"].read()
+            body = r["Body"]
+            try:  # an origin that ignores Range may send a whole object: read one byte past the ask
+                status = r.get("ResponseMetadata", {}).get("HTTPStatusCode", 206)
+                if status != 206 and not (status == 200 and offset == 0 and r.get("ContentLength") == length):
+                    raise SourceError(f"{self.endpoint} ignored the range of {what} (HTTP {status})")
+                data = body.read(length + 1)
+            finally:
+                body.close()
+        if len(data) > length:
+            raise SourceError(f"{self.endpoint} sent more than the range of {what}")
         if len(data) != length:
             raise OriginUnavailable(f"{self.endpoint} sent {len(data)} of {length} bytes of {what}")
         return data
@@ -297,9 +307,11 @@ class ObjectStoreSource:
             if not rel or rel.endswith("/"):
                 continue  # directory markers
             try:
-                files.append(RemoteFile(validate_relpath(rel), size, etag=etag))
+                validate_relpath(rel)
             except InvalidModelName:
                 log.warning("skipping object %s: not a valid file path in a model", key)
+                continue
+            files.append(RemoteFile(rel, check_size(size, f"the listing of {key}"), etag=etag))
         if not files:
             where = f"{self.store.scheme}://{self.store.bucket}/{mp}"
             raise ModelNotFound(f"model {name} not found: no objects under {where}")
