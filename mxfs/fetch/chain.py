@@ -94,7 +94,8 @@ class FetchChain:
             expected = await self.hashes.get(manifest, entry, index)
         else:
             expected = entry.block_hashes[index]
-        return await in_thread(self._from_cache, key, length, expected, limiter=self.io_limiter) is not None
+        return await in_thread(self._from_cache, key, length, manifest.block_hash, expected,
+                               limiter=self.io_limiter) is not None
 
     async def block(
         self, manifest: Manifest, entry: FileEntry, index: int, via_peers: bool = True

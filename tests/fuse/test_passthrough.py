@@ -9,6 +9,8 @@ import hashlib
 import mmap
 import os
 import re
+import subprocess
+import sys
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -273,3 +275,21 @@ def test_corrupt_cached_block_is_never_served(node, origin_hashes, mount_mode):
     with open(shard, "rb") as fh:
         assert mode_of(shard) == complete_mode(mount_mode)
         assert read_all(fh) == digest
+
+
+def test_hydrated_model_opens_from_its_blobs(node, origin_hashes, mount_mode):
+    """``mxfs prefetch --wait`` (the hydration engine) completes every file: the next opens
+    are served from the blobs, and with passthrough no read reaches the daemon."""
+    model = node.mountpoint / MODEL
+    out = subprocess.run([sys.executable, "-m", "mxfs", "prefetch", str(model), "--wait", "--no-progress"],
+                         capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr
+    for shard in shards(node):
+        before = daemon_reads(node.metrics_port, shard)
+        with open(shard, "rb") as fh:
+            assert mode_of(shard) == complete_mode(mount_mode)
+            os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+            assert read_all(fh) == origin_hashes[shard.name]
+        assert daemon_reads(node.metrics_port, shard, "cached") == 0
+        if mount_mode == "passthrough":
+            assert daemon_reads(node.metrics_port, shard) == before == 0
