@@ -1,4 +1,4 @@
-"""Mount table helpers: find, recover and tune FUSE mounts (no pyfuse3 in here)."""
+"""Mount table helpers: find, recover and tune FUSE mounts (reads the mount table, never the mount)."""
 
 from __future__ import annotations
 
