@@ -143,6 +143,9 @@ class FileModes:
         state.mode = BLOB
         if self.backing is None:
             return
+        if os.fstat(state.blob_fd).st_size != entry.size:  # the kernel would read to the blob's end
+            log.warning("blob of %s is not exactly the file's size; serving it by splice", entry.path)
+            return
         try:
             state.backing_id = self.backing.open(state.blob_fd)
         except OSError as exc:  # e.g. no CAP_SYS_ADMIN: splice from the blob instead
