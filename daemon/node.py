@@ -16,6 +16,7 @@ from prometheus_client import start_http_server
 from mxfs import __version__
 from mxfs.block_peers.service import PeerCache
 from mxfs.cache.blocks import BlockCache
+from mxfs.cache.faults import CacheFaults
 from mxfs.cache.memory import HotBlocks
 from mxfs.config import MountConfig
 from mxfs.errors import MxfsError
@@ -26,6 +27,7 @@ from mxfs.fetch.reader import BlockReader
 from mxfs.fetch.resolver import ManifestResolver
 from mxfs.fetch.server import ServerTier
 from mxfs.fetch.stats import FetchStats
+from mxfs.fetch.supervise import guarded
 from mxfs.fetch.threads import in_thread
 from mxfs.fuse.ops import MxfsOperations
 from mxfs.fuse.tree import Tree
@@ -51,8 +53,10 @@ def control_socket_path(cache_dir: Path) -> Path:
     return Path(tempfile.gettempdir()) / f"mxfsd-{digest}.sock"
 
 
-def default_cache_size(cache_dir: Path) -> int:
-    return int(shutil.disk_usage(cache_dir).free * 0.9)
+def default_cache_size(cache_dir: Path, held_bytes: int) -> int:
+    """90% of what the cache may use on its disk: the free space plus what it already holds
+    (so the bound does not shrink each time a daemon restarts over a warm cache)."""
+    return int((shutil.disk_usage(cache_dir).free + held_bytes) * 0.9)
 
 
 class NodeDaemon:
@@ -62,8 +66,11 @@ class NodeDaemon:
         self.cache_dir = Path(config.cache_dir).resolve()
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         self.stats = FetchStats()
-        self.cache = BlockCache(self.cache_dir / "blocks",
-                                config.cache_size or default_cache_size(self.cache_dir))
+        self.faults = CacheFaults(self.stats.registry)
+        self.cache = BlockCache(self.cache_dir / "blocks", config.cache_size,
+                                index_bytes=config.cache_index_size, faults=self.faults)
+        if not config.cache_size:
+            self.cache.limit = default_cache_size(self.cache_dir, self.cache.used)
         self.client = MxfsClient(config.server, timeout_s=config.fetch_timeout)
         self.rpc_limiter = trio.CapacityLimiter(config.fetch_workers)
         self.io_limiter = trio.CapacityLimiter(config.fetch_workers)
@@ -74,7 +81,7 @@ class NodeDaemon:
         self.hashes = BlockHashes(self.client, self.cache_dir, self.rpc_limiter)
         self.chain = FetchChain(self.cache, self.tiers, self.stats, HotBlocks(HOT_BLOCKS_BYTES),
                                 self.io_limiter, config.fetch_timeout, hashes=self.hashes)
-        self.resolver = ManifestResolver(self.client, self.cache_dir, self.rpc_limiter)
+        self.resolver = ManifestResolver(self.client, self.cache_dir, self.rpc_limiter, faults=self.faults)
         self.reader = BlockReader(self.chain, config.readahead_blocks)
         self.prefetcher = Prefetcher(self.chain, self.reader.background)
         self.tree = Tree()
@@ -131,7 +138,7 @@ class NodeDaemon:
     async def _housekeeping(self) -> None:
         while True:
             await trio.sleep(FLUSH_INTERVAL_S)
-            await in_thread(self.cache.flush_usage)
+            await guarded(self.stats, "housekeeping", in_thread, self.cache.flush_usage)
             self.stats.cache_used.set(self.cache.used)
 
     async def _signals(self) -> None:

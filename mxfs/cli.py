@@ -90,8 +90,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
     from mxfs import logs
 
     cfg = _config_from(args, MountConfig, "mount",
-                       ["mountpoint", "server", "cache_dir", "cache_size", "models", "fetch_timeout",
-                        "readahead_blocks", "metrics_port", "log_level", "fetch_workers",
+                       ["mountpoint", "server", "cache_dir", "cache_size", "cache_index_size", "models",
+                        "fetch_timeout", "readahead_blocks", "metrics_port", "log_level", "fetch_workers",
                         "peer_port", "peer_host", "peer_advertise", "peer_token", "peer_swarm",
                         "peer_hedge", "peer_workers", "origin_direct"])
     logs.setup(cfg.log_level)
@@ -105,7 +105,10 @@ def add_mount(sub: argparse._SubParsersAction) -> None:
     p.add_argument("mountpoint", nargs="?", help="where to mount, e.g. /models")
     p.add_argument("--server", help="server host:port (default $MODEL_EXPRESS_URL)")
     p.add_argument("--cache-dir", help="local block cache directory")
-    p.add_argument("--cache-size", type=parse_size, help="cache bound, e.g. 200GiB (default 90%% of free disk)")
+    p.add_argument("--cache-size", type=parse_size,
+                   help="cache bound, e.g. 200GiB (default 90%% of free disk plus what the cache holds)")
+    p.add_argument("--cache-index-size", type=parse_size,
+                   help="lmdb map size of the cache index (default 16GiB; when full, blocks stop being cached)")
     p.add_argument("--model", dest="models", action="append", help="ORG/NAME[@REV] to resolve at start (repeatable)")
     p.add_argument("--fetch-timeout", type=float, help="seconds before a block fetch fails (default 10)")
     p.add_argument("--readahead-blocks", type=int, help="max blocks read ahead (default 8)")

@@ -95,7 +95,9 @@ class MountConfig:
     mountpoint: str = _opt("", "where the model tree is mounted")
     server: str = _opt("", "server address host:port", ("MODEL_EXPRESS_URL",))
     cache_dir: str = _opt("/var/cache/mxfs", "local block cache directory", ("MXFS_CACHE_DIR",))
-    cache_size: int = _opt(0, "cache bound in bytes (0 = 90% of the free disk at start)")
+    cache_size: int = _opt(0, "cache bound in bytes (0 = 90% of the free disk plus what the cache holds)")
+    cache_index_size: int = _opt(1 << 34, "lmdb map size of the cache index (address space; a full map "
+                                 "only stops caching)")
     models: list = _opt(None, "models to resolve at start (org/name[@rev])")
     fetch_timeout: float = _opt(10.0, "seconds before a block fetch from a tier is given up")
     readahead_blocks: int = _opt(8, "max blocks read ahead on sequential access")
@@ -121,6 +123,8 @@ class MountConfig:
             raise ConfigError("a server address is required (--server or MODEL_EXPRESS_URL)")
         if self.cache_size < 0:
             raise ConfigError("cache_size must be >= 0")
+        if self.cache_index_size < 32 * 1024:
+            raise ConfigError("cache_index_size must be >= 32KiB")
         if self.fetch_timeout <= 0:
             raise ConfigError("fetch_timeout must be > 0")
         if not 0 <= self.readahead_blocks <= 256:

@@ -4,10 +4,16 @@ lmdb by content address, bounded with LRU eviction that never evicts pinned bloc
 Every method is blocking and thread-safe: async callers run them in worker threads.
 Write order is data first, then index, so a crash (even ``kill -9``) never leaves an
 index entry pointing at bytes that were not written. Readers still verify every block.
+A writer reserves its block's room (evicting as needed) before it writes, so concurrent
+writers never push ``used`` past ``limit``. Disk and index failures (ENOSPC, a full lmdb
+map, an unreadable blob) never raise: a read becomes a miss, a write is skipped, and
+``faults`` counts and logs why.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
 import struct
@@ -19,12 +25,14 @@ from pathlib import Path
 
 import lmdb
 
+from mxfs.cache.faults import CACHE_FAILURES, CacheFaults
 from mxfs.cache.punch import punch_hole
 from mxfs.manifest.model import BlockKey, FileEntry
 
 log = logging.getLogger(__name__)
 
 _VALUE = struct.Struct("<Id")  # block length, last use (unix seconds)
+DEFAULT_INDEX_BYTES = 1 << 34  # lmdb map size: address space, not disk (the file grows as used)
 
 
 def _encode(key: BlockKey) -> bytes:
@@ -39,14 +47,16 @@ def _decode(raw: bytes) -> BlockKey:
 class BlockCache:
     """Content-addressed block store under ``root`` holding at most ``limit_bytes``."""
 
-    def __init__(self, root: Path, limit_bytes: int) -> None:
+    def __init__(self, root: Path, limit_bytes: int, index_bytes: int = DEFAULT_INDEX_BYTES,
+                 faults: CacheFaults | None = None) -> None:
         self.root = Path(root)
         self.limit = limit_bytes
+        self.faults = faults or CacheFaults()
         (self.root / "blobs").mkdir(parents=True, exist_ok=True)
         # no fsync per commit: a process crash keeps every committed entry (the OS holds the
         # pages); after a power loss every block is still verified by its hash before use
         self._env = lmdb.open(
-            str(self.root / "index.lmdb"), map_size=1 << 34, max_dbs=2, subdir=True, lock=True,
+            str(self.root / "index.lmdb"), map_size=index_bytes, max_dbs=2, subdir=True, lock=True,
             sync=False, metasync=False,
         )
         self._db = self._env.open_db(b"blocks")
@@ -54,7 +64,8 @@ class BlockCache:
         self._lru: OrderedDict[BlockKey, int] = OrderedDict()
         self._pins: Counter[BlockKey] = Counter()
         self._touched: dict[BlockKey, float] = {}
-        self.used = 0
+        self._writing: set[BlockKey] = set()
+        self.used = 0  # bytes of cached blocks plus the room reserved by writes in progress
         self.evicted_blocks = 0
         #: ``fn(added, removed)`` after blocks enter or leave the cache (any thread, no lock held)
         self.listeners: list[Callable[[list[BlockKey], list[BlockKey]], None]] = []
@@ -126,17 +137,19 @@ class BlockCache:
         """The stored bytes of ``key`` (unverified), or None when absent."""
         if not self.contains(key):
             return None
-        fd = self._open(key.sha256, create=False)
-        if fd is None:
+        try:
+            fd = self._open(key.sha256, create=False)
+            if fd is None:
+                self.discard(key)
+                return None
+            try:
+                data = os.pread(fd, length, key.index * key.block_size)
+            finally:
+                os.close(fd)
+        except OSError as exc:  # unreadable blob: forget the block, fetch it elsewhere
+            self.faults.report("read", exc, key)
             self.discard(key)
             return None
-        try:
-            data = os.pread(fd, length, key.index * key.block_size)
-        except OSError as exc:
-            log.warning("cache read of %s failed: %s", key, exc)
-            return None
-        finally:
-            os.close(fd)
         with self._lock:
             if key in self._lru:
                 self._lru.move_to_end(key)
@@ -144,31 +157,57 @@ class BlockCache:
         return data if len(data) == length else None
 
     def put(self, key: BlockKey, data: bytes | bytearray | memoryview) -> bool:
-        """Store a verified block; False (and nothing stored) when no room can be made."""
+        """Store a verified block; False (and nothing stored) when no room can be made or
+        the disk or the index refused it (counted and logged by ``faults``)."""
         length = len(data)
-        if self.contains(key):
-            return True
-        if not self._make_room(length):
+        with self._lock:
+            if key in self._lru or key in self._writing:
+                return True
+            victims = self._reserve(length)
+            if victims is not None:
+                self._writing.add(key)
+                self.evicted_blocks += len(victims)
+        if victims is None:
             log.warning("cache full (%d/%d bytes, all pinned): not caching %s", self.used, self.limit, key)
             return False
-        fd = self._open(key.sha256, create=True)
-        assert fd is not None
-        try:
-            written = os.pwrite(fd, data, key.index * key.block_size)
-        finally:
-            os.close(fd)
-        if written != length:
-            raise OSError(f"short write to cache ({written} of {length} bytes)")
-        with self._env.begin(db=self._db, write=True) as txn:
-            txn.put(_encode(key), _VALUE.pack(length, time.time()))
+        self._forget(victims)
+        stored = self._write(key, data)
         with self._lock:
-            new = key not in self._lru
-            if new:
+            self._writing.discard(key)
+            if stored:
                 self._lru[key] = length
-                self.used += length
-        if new:
+            else:
+                self.used -= length  # give the reservation back
+        if stored:
+            self.faults.write_ok()
             self._notify([key], [])
-        return True
+        return stored
+
+    def _write(self, key: BlockKey, data: bytes | bytearray | memoryview) -> bool:
+        """Bytes into the blob, then the index entry; on failure nothing stays behind."""
+        offset, length = key.index * key.block_size, len(data)
+        written = 0
+        try:
+            fd = self._open(key.sha256, create=True)
+            if fd is None:  # the blob directory vanished under us
+                raise FileNotFoundError(errno.ENOENT, "cache blob directory is gone", str(self.blob_path(key.sha256)))
+            try:
+                written = os.pwrite(fd, data, offset)
+                if written != length:
+                    raise OSError(errno.ENOSPC, f"short write to cache ({written} of {length} bytes)")
+                with self._env.begin(db=self._db, write=True) as txn:
+                    txn.put(_encode(key), _VALUE.pack(length, time.time()))
+                return True
+            except CACHE_FAILURES:
+                if written:  # what did land must not use space the bound does not count
+                    with contextlib.suppress(OSError):
+                        punch_hole(fd, offset, written)
+                raise
+            finally:
+                os.close(fd)
+        except CACHE_FAILURES as exc:
+            self.faults.report("write", exc, key)
+            return False
 
     def discard(self, key: BlockKey) -> None:
         """Forget a block (e.g. it failed its hash) and free its bytes."""
@@ -186,26 +225,30 @@ class BlockCache:
             if self._pins[key] <= 0:
                 del self._pins[key]
 
-    def _make_room(self, length: int) -> bool:
+    def _reserve(self, length: int) -> list[tuple[BlockKey, int]] | None:
+        """Under the lock: count ``length`` bytes as used, taking the LRU unpinned blocks out
+        of the cache to make room. Returns those victims (for ``_forget``), None when the
+        room cannot be made."""
         if length > self.limit:
-            return False
-        victims: list[BlockKey] = []
-        with self._lock:
-            excess = self.used + length - self.limit
-            if excess <= 0:
-                return True
+            return None
+        excess = self.used + length - self.limit
+        victims: list[tuple[BlockKey, int]] = []
+        if excess > 0:
             for key, size in self._lru.items():
                 if excess <= 0:
                     break
                 if self._pins.get(key):
                     continue
-                victims.append(key)
+                victims.append((key, size))
                 excess -= size
             if excess > 0:
-                return False
-        self._remove(victims)
-        self.evicted_blocks += len(victims)
-        return True
+                return None
+        for key, size in victims:
+            del self._lru[key]
+            self._touched.pop(key, None)
+            self.used -= size
+        self.used += length
+        return victims
 
     def _remove(self, keys: list[BlockKey]) -> None:
         if not keys:
@@ -218,11 +261,24 @@ class BlockCache:
                 if size is not None:
                     self.used -= size
                     removed.append((key, size))
-        with self._env.begin(db=self._db, write=True) as txn:
-            for key, _ in removed:
-                txn.delete(_encode(key))
-        for key, size in removed:
-            fd = self._open(key.sha256, create=False)
+        self._forget(removed)
+
+    def _forget(self, blocks: list[tuple[BlockKey, int]]) -> None:
+        """Delete index entries and punch out the bytes of blocks already taken out of ``_lru``."""
+        if not blocks:
+            return
+        try:
+            with self._env.begin(db=self._db, write=True) as txn:
+                for key, _ in blocks:
+                    txn.delete(_encode(key))
+        except CACHE_FAILURES as exc:  # a stale entry fails its hash after a restart
+            self.faults.report("evict", exc, f"{len(blocks)} blocks")
+        for key, size in blocks:
+            try:
+                fd = self._open(key.sha256, create=False)
+            except OSError as exc:
+                self.faults.report("evict", exc, key)
+                continue
             if fd is None:
                 continue
             try:
@@ -231,8 +287,7 @@ class BlockCache:
                 log.warning("cannot punch hole for %s: %s", key, exc)
             finally:
                 os.close(fd)
-        if removed:
-            self._notify([], [key for key, _ in removed])
+        self._notify([], [key for key, _ in blocks])
 
     # -- housekeeping --------------------------------------------------------------------
 
@@ -241,11 +296,14 @@ class BlockCache:
         with self._lock:
             touched, self._touched = self._touched, {}
             sizes = {k: self._lru[k] for k in touched if k in self._lru}
-        if sizes:
-            with self._env.begin(db=self._db, write=True) as txn:
-                for key, size in sizes.items():
-                    txn.put(_encode(key), _VALUE.pack(size, touched[key]))
-        self._env.sync(True)  # periodic durability point for the index
+        try:
+            if sizes:
+                with self._env.begin(db=self._db, write=True) as txn:
+                    for key, size in sizes.items():
+                        txn.put(_encode(key), _VALUE.pack(size, touched[key]))
+            self._env.sync(True)  # periodic durability point for the index
+        except CACHE_FAILURES as exc:  # last-use times are advisory: LRU order survives in memory
+            self.faults.report("flush", exc)
 
     def close(self) -> None:
         self.flush_usage()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import trio
 
+from mxfs.cache.faults import CacheFaults
 from mxfs.errors import BlockUnavailable, ManifestError
 from mxfs.fetch.threads import in_thread
 from mxfs.fileio import atomic_write
@@ -21,8 +22,10 @@ log = logging.getLogger(__name__)
 class ManifestResolver:
     """Resolve ``ModelRef`` -> ``Manifest`` once per ref (shared by concurrent callers)."""
 
-    def __init__(self, client: MxfsClient, state_dir: Path, limiter: trio.CapacityLimiter) -> None:
+    def __init__(self, client: MxfsClient, state_dir: Path, limiter: trio.CapacityLimiter,
+                 faults: CacheFaults | None = None) -> None:
         self.client = client
+        self.faults = faults or CacheFaults()
         self.dir = Path(state_dir) / "manifests"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.limiter = limiter
@@ -45,7 +48,10 @@ class ManifestResolver:
                     raise
                 log.warning("server unavailable (%s); using the stored manifest of %s", exc, ref)
             else:
-                await in_thread(self._save, ref, manifest)
+                try:
+                    await in_thread(self._save, ref, manifest)
+                except OSError as exc:  # e.g. a full disk: serve it now, it is only not remembered
+                    self.faults.report("manifest", exc, ref)
             self._resolved[ref] = manifest
             return manifest
 
