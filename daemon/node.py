@@ -33,6 +33,7 @@ from mxfs.fuse.ops import MxfsOperations
 from mxfs.fuse.tree import Tree
 from mxfs.manifest.model import Manifest
 from mxfs.manifest.names import ModelRef, parse_model_ref
+from mxfs.misses import RecentMisses
 from mxfs.rpc import node_pb2
 from mxfs.rpc.client import MxfsClient
 from mxfs_daemon import control, mountpoint
@@ -81,7 +82,8 @@ class NodeDaemon:
         self.hashes = BlockHashes(self.client, self.cache_dir, self.rpc_limiter)
         self.chain = FetchChain(self.cache, self.tiers, self.stats, HotBlocks(HOT_BLOCKS_BYTES),
                                 self.io_limiter, config.fetch_timeout, hashes=self.hashes)
-        self.resolver = ManifestResolver(self.client, self.cache_dir, self.rpc_limiter, faults=self.faults)
+        self.resolver = ManifestResolver(self.client, self.cache_dir, self.rpc_limiter, faults=self.faults,
+                                         misses=RecentMisses(config.negative_ttl))
         self.reader = BlockReader(self.chain, config.readahead_blocks)
         self.prefetcher = Prefetcher(self.chain, self.reader.background)
         self.tree = Tree()

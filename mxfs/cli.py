@@ -113,6 +113,8 @@ def add_mount(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fetch-timeout", type=float, help="seconds before a block fetch fails (default 10)")
     p.add_argument("--readahead-blocks", type=int, help="max blocks read ahead (default 8)")
     p.add_argument("--fetch-workers", type=int, help="concurrent block fetches (default 16)")
+    p.add_argument("--negative-ttl", type=float,
+                   help="seconds a model name the server did not find is remembered (default 30; 0 = off)")
     p.add_argument("--metrics-port", type=int, help="Prometheus port (0 = off)")
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING, ...")
     p.add_argument("--peer-port", type=int, help="serve cached blocks to peers on this port (0 = peer cache off)")

@@ -56,6 +56,7 @@ class ServerConfig:
     max_unused_s: float = _opt(0.0, "evict cached models unused for this many seconds (0 = never)")
     min_free_bytes: int = _opt(0, "evict cached models while the cache disk has less free space (0 = off)")
     evict_interval_s: float = _opt(60.0, "seconds between eviction passes")
+    negative_ttl: float = _opt(30.0, "seconds a model name no origin has is remembered (0 = ask every time)")
     lease_ttl_s: float = _opt(30.0, "download lease TTL; another replica takes over a download after it")
     metadata_backend: str = _opt("", "model registry backend: embedded or redis", ("MX_METADATA_BACKEND",))
     redis_url: str = _opt("", "Redis URL when metadata_backend is redis", ("REDIS_URL",))
@@ -75,6 +76,8 @@ class ServerConfig:
             raise ConfigError("eviction bounds must be >= 0 and evict_interval_s > 0")
         if self.lease_ttl_s < 1:
             raise ConfigError("lease_ttl_s must be >= 1")
+        if not 0 <= self.negative_ttl <= 86400:
+            raise ConfigError("negative_ttl must be between 0 and 86400 seconds")
         _check_port(self.metrics_port, "metrics_port", allow_zero=True)
         try:
             check_block_size(self.block_size)
@@ -102,6 +105,8 @@ class MountConfig:
     fetch_timeout: float = _opt(10.0, "seconds before a block fetch from a tier is given up")
     readahead_blocks: int = _opt(8, "max blocks read ahead on sequential access")
     fetch_workers: int = _opt(16, "concurrent block fetches")
+    negative_ttl: float = _opt(30.0, "seconds a model name the server did not find is remembered "
+                               "(0 = ask every time)")
     metrics_port: int = _opt(0, "Prometheus metrics port (0 disables)")
     log_level: str = _opt("INFO", "log level", ("MODEL_EXPRESS_LOG_LEVEL",))
     allow_other: bool = _opt(True, "let other users (and containers) read the mount")
@@ -131,6 +136,8 @@ class MountConfig:
             raise ConfigError("readahead_blocks must be in [0, 256]")
         if self.fetch_workers < 1:
             raise ConfigError("fetch_workers must be >= 1")
+        if not 0 <= self.negative_ttl <= 86400:
+            raise ConfigError("negative_ttl must be between 0 and 86400 seconds")
         _check_port(self.metrics_port, "metrics_port", allow_zero=True)
         _check_port(self.peer_port, "peer_port", allow_zero=True)
         if self.peer_port and not self.peer_token:

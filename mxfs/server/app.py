@@ -15,6 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import start_http_server
 
 from mxfs.config import ServerConfig
+from mxfs.misses import RecentMisses
 from mxfs.origins.base import Origin
 from mxfs.origins.local import LocalOrigin
 from mxfs.rpc import model_express_health_pb2_grpc
@@ -61,7 +62,8 @@ class Server:
         state_dir = Path(config.cache_dir)
         state_dir.mkdir(parents=True, exist_ok=True)
         self.metrics = ServerMetrics()
-        self.catalog = ModelCatalog(build_origins(config, state_dir, self.metrics), state_dir, config.block_size)
+        self.catalog = ModelCatalog(build_origins(config, state_dir, self.metrics), state_dir, config.block_size,
+                                    misses=RecentMisses(config.negative_ttl))
         self.grpc_server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="mxfs-rpc"),
             options=CHANNEL_OPTIONS,
