@@ -109,6 +109,12 @@ class NodeDaemon:
         self._nursery.start_soon(self.prefetcher.run, job, manifest, inode_of)
         return job
 
+    async def resolve(self, ref: ModelRef) -> str:
+        """Show ``ref`` in the tree (its snapshot, and its ref when a branch or tag); the commit."""
+        manifest = await self.resolver.resolve(ref)
+        self.tree.add_model(ref, manifest)
+        return manifest.revision
+
     async def status(self) -> node_pb2.NodeStatus:
         snap = self.stats.snapshot()
         reply = node_pb2.NodeStatus(
@@ -152,7 +158,8 @@ class NodeDaemon:
 
     async def main(self) -> None:
         token = trio.lowlevel.current_trio_token()
-        ctl = control.serve(self.socket, control.NodeControlServicer(token, self.start_prefetch, self.status))
+        ctl = control.serve(self.socket, control.NodeControlServicer(token, self.start_prefetch, self.status,
+                                                                     self.resolve))
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery

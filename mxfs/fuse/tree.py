@@ -120,12 +120,15 @@ class Tree:
     # -- building ----------------------------------------------------------------------
 
     def add_model(self, ref: ModelRef, manifest: Manifest) -> None:
-        """Show ``manifest`` under ``org/name`` (first revision wins) and in the hub layout."""
+        """Show ``manifest`` in the hub layout, and under ``org/name`` (first of main or a
+        pinned commit wins)."""
         org, repo = manifest.name.split("/")
         org_dir = self._dir(ROOT_INODE, org, Kind.ORG)
         self.nodes[org_dir].listed = True
         self._placeholders.pop(org, None)  # a real directory now: never forgotten
-        if repo not in self.nodes[org_dir].children:
+        # a branch or tag other than main (resolved for the CSI plugin) shows only in the hub layout
+        plain = ref.revision == DEFAULT_REVISION or is_commit(ref.revision)
+        if plain and repo not in self.nodes[org_dir].children:
             model_dir = self._new_dir(org_dir, repo, Kind.PLAIN, model=manifest.name)
             self._populate(model_dir, manifest)
         hub_model = self._dir(self.nodes[ROOT_INODE].children[HUB], hub_folder(manifest.name),
