@@ -106,7 +106,7 @@ class NodeDaemon:
         job = self.jobs[ref] = PrefetchJob(ref.name)
         inode_of = self.tree.file_inodes(manifest) if page_cache else None
         assert self._nursery is not None
-        self._nursery.start_soon(self.prefetcher.run, job, manifest, inode_of)
+        self._nursery.start_soon(guarded, self.stats, "prefetch", self.prefetcher.run, job, manifest, inode_of)
         return job
 
     async def resolve(self, ref: ModelRef) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import signal
@@ -130,9 +131,10 @@ class MountProc:
     def stop(self, kill: bool = False) -> None:
         """SIGTERM (or SIGKILL) the daemon. After SIGTERM the daemon must have removed its own
         mount: if it did not, the mount is cleaned up (to keep the machine clean) and the
-        stop fails. A mount a SIGKILL left behind is the test's point: it is cleaned quietly
-        once the test no longer restarts the daemon."""
-        if self.proc and self.proc.poll() is None:
+        stop fails. A dead mount a SIGKILL left behind is the test's point: it is cleaned
+        quietly once the test no longer restarts the daemon (a live mount at the same path,
+        of a daemon started since, is never touched)."""
+        if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
             self.killed = kill
             try:
@@ -142,13 +144,25 @@ class MountProc:
                 self.proc.wait(timeout=10)
                 self._clean_mount()
                 raise AssertionError(f"daemon did not exit within 30 s of SIGTERM: {self.log()[-2000:]}") from None
-            if kill:
-                return
-        if mounts.is_mounted(self.mountpoint):
+            if not kill and mounts.is_mounted(self.mountpoint):
+                self._clean_mount()
+                raise AssertionError(f"daemon exited (rc {self.proc.returncode}) without unmounting "
+                                     f"{self.mountpoint}: {self.log()[-2000:]}")
+            return
+        if self._dead_mount():
             self._clean_mount()
             if not self.killed:
-                raise AssertionError(f"daemon exited (rc {self.proc.returncode if self.proc else None}) "
-                                     f"without unmounting {self.mountpoint}: {self.log()[-2000:]}")
+                raise AssertionError(f"daemon died leaving {self.mountpoint} mounted: {self.log()[-2000:]}")
+
+    def _dead_mount(self) -> bool:
+        """A mount at the mountpoint whose daemon is gone ("Transport endpoint is not connected")."""
+        if not mounts.is_mounted(self.mountpoint):
+            return False
+        try:
+            os.statvfs(self.mountpoint)
+        except OSError as exc:
+            return exc.errno in (errno.ENOTCONN, errno.ECONNABORTED)
+        return False
 
     def _clean_mount(self) -> None:
         subprocess.run(["fusermount3", "-u", "-z", str(self.mountpoint)], capture_output=True, timeout=30)
