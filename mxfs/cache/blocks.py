@@ -1,13 +1,19 @@
-"""Block bytes in sparse per-file blobs (a complete file is a plain local file), indexed in
-lmdb by content address, bounded with LRU eviction that never evicts pinned blocks.
+"""Block bytes in per-file blobs (a complete file is a plain local file), indexed in lmdb
+by content address, bounded with LRU eviction that never evicts pinned blocks.
+
+Blobs are sparse while blocks trickle in from readers; hydration preallocates a blob
+(``prepare_blob``), writes verified blocks in place (``commit``) and records the file
+complete (``mark_complete``) once every block is there and synced: ``complete_blob`` is
+then a plain file with exactly the file's bytes (what FUSE passthrough opens).
 
 Every method is blocking and thread-safe: async callers run them in worker threads.
 Write order is data first, then index, so a crash (even ``kill -9``) never leaves an
 index entry pointing at bytes that were not written. Readers still verify every block.
-A writer reserves its block's room (evicting as needed) before it writes, so concurrent
-writers never push ``used`` past ``limit``. Disk and index failures (ENOSPC, a full lmdb
-map, an unreadable blob) never raise: a read becomes a miss, a write is skipped, and
-``faults`` counts and logs why.
+A writer reserves its block's room (evicting as needed) before it writes (``put``, or
+``reserve`` then ``commit``/``release`` for in-place writes), so concurrent writers never
+push ``used`` past ``limit``. Disk and index failures (ENOSPC, a full lmdb map, an
+unreadable blob) never raise from ``read``/``put``/``commit``: a read becomes a miss, a
+write is skipped, and ``faults`` counts and logs why.
 """
 
 from __future__ import annotations
@@ -40,6 +46,10 @@ def _encode(key: BlockKey) -> bytes:
     return f"{key.sha256}:{key.block_size}:{key.index}".encode()
 
 
+def _file_key(sha256: str, block_size: int) -> bytes:
+    return f"{sha256}:{block_size}".encode()
+
+
 def _decode(raw: bytes) -> BlockKey:
     sha, bs, idx = raw.decode().split(":")
     return BlockKey(sha, int(bs), int(idx))
@@ -61,6 +71,8 @@ class BlockCache:
             sync=False, metasync=False,
         )
         self._db = self._env.open_db(b"blocks")
+        #: files whose every block was verified in place by hydration: "<sha256>:<block size>" -> size
+        self._complete_db = self._env.open_db(b"complete")
         self._lock = threading.Lock()
         self._lru: OrderedDict[BlockKey, int] = OrderedDict()
         self._pins: Counter[BlockKey] = Counter()
@@ -126,6 +138,50 @@ class BlockCache:
                 entry.key(i, block_size) in self._lru for i in range(entry.block_count(block_size))
             )
 
+    def is_complete(self, entry: FileEntry, block_size: int) -> bool:
+        """True when hydration verified every block of ``entry`` in its blob and synced it; any
+        block leaving the cache (eviction, a failed check) clears it."""
+        with self._env.begin(db=self._complete_db) as txn:
+            return txn.get(_file_key(entry.sha256, block_size)) is not None and self.file_complete(entry, block_size)
+
+    def complete_blob(self, entry: FileEntry, block_size: int) -> Path | None:
+        """The blob of a complete file (a plain local file with exactly its bytes), else None.
+
+        For FUSE passthrough: callers that keep it open must ``pin_file`` it first."""
+        if entry.size == 0 or not self.is_complete(entry, block_size):
+            return None
+        return self.blob_path(entry.sha256)
+
+    def mark_complete(self, entry: FileEntry, block_size: int) -> bool:
+        """Record ``entry`` complete if every block is indexed; its blob is fsynced first."""
+        if not self.file_complete(entry, block_size):
+            return False
+        try:
+            fd = self._open(entry.sha256, create=False)
+            if fd is None:
+                return False
+            try:
+                if os.fstat(fd).st_size != entry.size:
+                    os.ftruncate(fd, entry.size)
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
+            with self._env.begin(db=self._complete_db, write=True) as txn:
+                txn.put(_file_key(entry.sha256, block_size), struct.pack("<Q", entry.size))
+        except CACHE_FAILURES as exc:
+            self.faults.report("complete", exc, entry.path)
+            return False
+        return self.file_complete(entry, block_size)  # a block evicted meanwhile cleared it again
+
+    def pin_file(self, entry: FileEntry, block_size: int) -> None:
+        """Keep every block of ``entry`` from eviction (e.g. while its blob backs an open file)."""
+        for i in range(entry.block_count(block_size)):
+            self.pin(entry.key(i, block_size))
+
+    def unpin_file(self, entry: FileEntry, block_size: int) -> None:
+        for i in range(entry.block_count(block_size)):
+            self.unpin(entry.key(i, block_size))
+
     def cached_bytes(self, entry: FileEntry, block_size: int) -> int:
         with self._lock:
             return sum(
@@ -157,6 +213,65 @@ class BlockCache:
                 self._touched[key] = time.time()
         return data if len(data) == length else None
 
+    def prepare_blob(self, entry: FileEntry) -> int:
+        """An fd of ``entry``'s blob with all its space allocated (``posix_fallocate``: one run
+        of extents, and no write into it can fail for space later). The caller closes it.
+        Raises OSError (ENOSPC, or EOPNOTSUPP where the filesystem cannot preallocate)."""
+        fd = self._open(entry.sha256, create=True)
+        assert fd is not None
+        try:
+            if entry.size:
+                os.posix_fallocate(fd, 0, entry.size)
+            return fd
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def remove_blob_if_unused(self, entry: FileEntry, block_size: int) -> None:
+        """Delete ``entry``'s blob when no block of it is cached (e.g. after a failed preallocation)."""
+        with self._lock:
+            if any(entry.key(i, block_size) in self._lru for i in range(entry.block_count(block_size))):
+                return
+            self.blob_path(entry.sha256).unlink(missing_ok=True)
+
+    def reserve(self, length: int) -> bool:
+        """Reserve room for ``length`` bytes about to be written in place (evicting LRU blocks
+        as needed); the room counts as used until ``commit`` or ``release``."""
+        with self._lock:
+            victims = self._reserve(length)
+            if victims is not None:
+                self.evicted_blocks += len(victims)
+        if victims is None:
+            return False
+        self._forget(victims)
+        return True
+
+    def release(self, length: int) -> None:
+        """Give back room ``reserve``d for a write that did not happen."""
+        with self._lock:
+            self.used -= length
+
+    def commit(self, key: BlockKey, length: int) -> bool:
+        """Index a block whose verified bytes are already in its blob, in the room ``reserve``d
+        for it. False (the reservation given back) when the index refused it."""
+        try:
+            with self._env.begin(db=self._db, write=True) as txn:
+                txn.put(_encode(key), _VALUE.pack(length, time.time()))
+        except CACHE_FAILURES as exc:
+            self.faults.report("write", exc, key)
+            self.release(length)
+            return False
+        with self._lock:
+            new = key not in self._lru
+            if new:
+                self._lru[key] = length
+            else:
+                self.used -= length  # counted already: the reservation goes back
+        self.faults.write_ok()
+        if new:
+            self._notify([key], [])
+        return True
+
     def put(self, key: BlockKey, data: bytes | bytearray | memoryview) -> bool:
         """Store a verified block; False (and nothing stored) when no room can be made or
         the disk or the index refused it (counted and logged by ``faults``)."""
@@ -171,23 +286,22 @@ class BlockCache:
         if victims is None:
             log.warning("cache full (%d/%d bytes, all pinned): not caching %s", self.used, self.limit, key)
             return False
-        self._forget(victims)
-        stored = self._write(key, data)
-        with self._lock:
-            self._writing.discard(key)
-            if stored:
-                self._lru[key] = length
-            else:
-                self.used -= length  # give the reservation back
-        if stored:
-            self.faults.write_ok()
-            self._notify([key], [])
-        return stored
+        try:
+            self._forget(victims)
+            if not self._write(key, data):
+                self.release(length)
+                return False
+            if not self.commit(key, length):
+                self._punch(key, length)  # bytes the bound does not count must not stay
+                return False
+            return True
+        finally:
+            with self._lock:
+                self._writing.discard(key)
 
     def _write(self, key: BlockKey, data: bytes | bytearray | memoryview) -> bool:
-        """Bytes into the blob, then the index entry; on failure nothing stays behind."""
+        """The block's bytes into its blob; on failure nothing stays behind (reported)."""
         offset, length = key.index * key.block_size, len(data)
-        written = 0
         try:
             fd = self._open(key.sha256, create=True)
             if fd is None:  # the blob directory vanished under us
@@ -195,20 +309,29 @@ class BlockCache:
             try:
                 written = os.pwrite(fd, data, offset)
                 if written != length:
-                    raise OSError(errno.ENOSPC, f"short write to cache ({written} of {length} bytes)")
-                with self._env.begin(db=self._db, write=True) as txn:
-                    txn.put(_encode(key), _VALUE.pack(length, time.time()))
-                return True
-            except CACHE_FAILURES:
-                if written:  # what did land must not use space the bound does not count
                     with contextlib.suppress(OSError):
                         punch_hole(fd, offset, written)
-                raise
+                    raise OSError(errno.ENOSPC, f"short write to cache ({written} of {length} bytes)")
             finally:
                 os.close(fd)
         except CACHE_FAILURES as exc:
             self.faults.report("write", exc, key)
             return False
+        return True
+
+    def _punch(self, key: BlockKey, length: int) -> None:
+        try:
+            fd = self._open(key.sha256, create=False)
+        except OSError:
+            return
+        if fd is None:
+            return
+        try:
+            punch_hole(fd, key.index * key.block_size, length)
+        except OSError as exc:
+            log.warning("cannot punch hole for %s: %s", key, exc)
+        finally:
+            os.close(fd)
 
     def discard(self, key: BlockKey) -> None:
         """Forget a block (e.g. it failed its hash) and free its bytes."""
@@ -265,29 +388,23 @@ class BlockCache:
         self._forget(removed)
 
     def _forget(self, blocks: list[tuple[BlockKey, int]]) -> None:
-        """Delete index entries and punch out the bytes of blocks already taken out of ``_lru``."""
+        """Delete index entries (and the complete marks of their files) and punch out the
+        bytes of blocks already taken out of ``_lru``."""
         if not blocks:
             return
         try:
             with self._env.begin(db=self._db, write=True) as txn:
                 for key, _ in blocks:
                     txn.delete(_encode(key))
+                for file in {_file_key(key.sha256, key.block_size) for key, _ in blocks}:
+                    txn.delete(file, db=self._complete_db)
         except CACHE_FAILURES as exc:  # a stale entry fails its hash after a restart
             self.faults.report("evict", exc, f"{len(blocks)} blocks")
         for key, size in blocks:
             try:
-                fd = self._open(key.sha256, create=False)
+                self._punch(key, size)
             except OSError as exc:
                 self.faults.report("evict", exc, key)
-                continue
-            if fd is None:
-                continue
-            try:
-                punch_hole(fd, key.index * key.block_size, size)
-            except OSError as exc:  # the space stays used on disk, the index is still right
-                log.warning("cannot punch hole for %s: %s", key, exc)
-            finally:
-                os.close(fd)
         self._notify([], [key for key, _ in blocks])
 
     # -- housekeeping --------------------------------------------------------------------
