@@ -39,7 +39,7 @@ def test_full_disk_cache_keeps_serving_reads(start_server, start_mount, tmp_path
 
 def test_tiny_index_map_keeps_serving_reads(start_server, start_mount, origin_hashes):
     port = free_port()
-    daemon = start_mount(start_server(), extra=["--metrics-port", str(port), "--cache-index-size", "32KiB"])
+    daemon = start_mount(start_server(), extra=["--metrics-port", str(port), "--cache-index-size", "64KiB"])
     _read_all_equal(daemon.mountpoint / MODEL, origin_hashes)
     wait_for(lambda: scrape_metric(port, "mxfs_node_cache_errors_total", op="write", reason="map_full") > 0,
              20, "map_full to be counted")
