@@ -13,7 +13,7 @@ import pytest
 
 from mxfs.demo import wait_for
 from mxfs_daemon import mountpoint as mounts
-from tests.support.cluster import fuse_available
+from tests.support.needs import need_fuse
 
 
 def _processes_using(workdir: Path) -> list[int]:
@@ -33,8 +33,7 @@ def _processes_using(workdir: Path) -> list[int]:
 
 @pytest.mark.parametrize("how", ["sigint-group", "sigterm"])
 def test_stopping_the_demo_leaves_no_mount_and_no_process(tmp_path: Path, how: str) -> None:
-    if not fuse_available():
-        pytest.skip("needs /dev/fuse and fusermount3")
+    need_fuse()
     workdir = tmp_path / "demo"
     workdir.mkdir()
     out = tmp_path / "demo.out"
