@@ -20,6 +20,7 @@ from pathlib import Path
 import lmdb
 
 from mxfs.cache.punch import punch_hole
+from mxfs.fileio import path_under
 from mxfs.manifest.model import BlockKey, FileEntry
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ class BlockCache:
     # -- paths and fds ---------------------------------------------------------------
 
     def blob_path(self, sha256: str) -> Path:
-        return self.root / "blobs" / sha256[:2] / sha256
+        return path_under(self.root, "blobs", sha256[:2], sha256)
 
     def _open(self, sha256: str, create: bool) -> int | None:
         """A new fd of the blob (per operation: no shared fd can be closed under a reader)."""

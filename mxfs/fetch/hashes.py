@@ -25,6 +25,7 @@ import trio
 
 from mxfs.errors import BlockUnavailable
 from mxfs.fetch.threads import in_thread
+from mxfs.fileio import path_under
 from mxfs.manifest.model import FileEntry, Manifest
 from mxfs.rpc.client import MxfsClient
 
@@ -76,7 +77,7 @@ class BlockHashes:
         self.asked = 0  # GetBlockHashes calls made (for tests and status)
 
     def _path(self, fid: FileId) -> Path:
-        return self.dir / f"{fid[0]}-{fid[1]}"
+        return path_under(self.dir, f"{fid[0]}-{fid[1]}")
 
     def _load(self, fid: FileId) -> dict[int, bytes]:
         try:

@@ -10,6 +10,7 @@ import grpc
 
 from mxfs.errors import BlockUnavailable, InvalidModelName, ManifestError, ModelNotFound
 from mxfs.manifest.model import Manifest
+from mxfs.manifest.validate import validate_manifest
 from mxfs.rpc import model_express_health_pb2 as health_pb2
 from mxfs.rpc import model_express_health_pb2_grpc as health_grpc
 from mxfs.rpc import mxfs_pb2, mxfs_pb2_grpc
@@ -106,7 +107,7 @@ class MxfsClient:
             )
         except grpc.RpcError as exc:
             raise translate_rpc_error(exc, f"manifest of {name}") from exc
-        return manifest_from_pb(pb)
+        return validate_manifest(manifest_from_pb(pb), name, revision)
 
     def block_hashes(self, name: str, revision: str, path: str, first: int, count: int,
                      lookahead: int = 0) -> list[bytes]:

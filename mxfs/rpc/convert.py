@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from mxfs.manifest.model import FileEntry, Manifest, TensorInfo
+from mxfs.manifest.validate import validate_manifest
 from mxfs.rpc import mxfs_pb2
 
 
@@ -33,7 +34,8 @@ def manifest_to_pb(m: Manifest) -> mxfs_pb2.Manifest:
 
 
 def manifest_from_pb(pb: mxfs_pb2.Manifest) -> Manifest:
-    return Manifest(
+    """The manifest a server sent, checked by :func:`validate_manifest` (ManifestError if unsafe)."""
+    return validate_manifest(Manifest(
         name=pb.name,
         revision=pb.revision,
         block_size=pb.block_size,
@@ -51,4 +53,4 @@ def manifest_from_pb(pb: mxfs_pb2.Manifest) -> Manifest:
             )
             for f in pb.files
         ),
-    )
+    ))

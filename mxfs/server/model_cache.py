@@ -39,7 +39,7 @@ from pathlib import Path
 
 from mxfs.config import ServerConfig
 from mxfs.errors import IntegrityError, ManifestError, SourceError
-from mxfs.fileio import atomic_write, pread_file
+from mxfs.fileio import atomic_write, path_under, pread_file
 from mxfs.manifest.builder import hash_file, read_tensors
 from mxfs.manifest.model import FileEntry, Manifest
 from mxfs.manifest.names import validate_relpath
@@ -107,7 +107,7 @@ class ModelCache:
     # -- layout ------------------------------------------------------------------------------
 
     def dir(self, name: str, revision: str) -> Path:
-        return self.root / name / revision
+        return path_under(self.root, name, revision)
 
     def _manifest_path(self, name: str, revision: str, block_size: int) -> Path:
         return self.dir(name, revision) / f".mxfs-manifest-{block_size}.json"
