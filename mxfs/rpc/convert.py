@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from mxfs.manifest import hashing
 from mxfs.manifest.model import FileEntry, Manifest, TensorInfo
 from mxfs.manifest.validate import validate_manifest
 from mxfs.rpc import mxfs_pb2
@@ -14,6 +15,7 @@ def manifest_to_pb(m: Manifest) -> mxfs_pb2.Manifest:
         block_size=m.block_size,
         origin=m.origin,
         total_size=m.total_size,
+        block_hash=m.block_hash,
         files=[
             mxfs_pb2.FileEntry(
                 path=f.path,
@@ -40,6 +42,7 @@ def manifest_from_pb(pb: mxfs_pb2.Manifest) -> Manifest:
         revision=pb.revision,
         block_size=pb.block_size,
         origin=pb.origin,
+        block_hash=pb.block_hash or hashing.LEGACY,
         files=tuple(
             FileEntry(
                 path=f.path,
