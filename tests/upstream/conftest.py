@@ -1,8 +1,9 @@
 """The real ModelExpress client (PyPI ``modelexpress``) in its own process, against ``mxfs server``.
 
 Without the package these tests skip on a developer machine and FAIL in CI
-(``MXFS_REQUIRE_UPSTREAM=1``, set by ``.ci/run``), so the compatibility claim is never
-silently untested.
+(``MXFS_REQUIRE_ALL=1``, set by ``.ci/run``; tests/support/needs.py), so the compatibility
+claim is never silently untested. It imports torch, so it belongs to the vLLM stack that
+``MXFS_SKIP_VLLM=1`` leaves out.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.support.needs import missing
 
 DRIVER = Path(__file__).with_name("upstream_driver.py")
 
@@ -70,9 +73,9 @@ def upstream(tmp_path: Path) -> Iterator:
     cwd = tmp_path / "upstream-cwd"  # outside the modelexpress package: its types.py shadows the stdlib
     cwd.mkdir()
     if not upstream_installed(cwd):
-        if os.environ.get("MXFS_REQUIRE_UPSTREAM") == "1":
-            pytest.fail("PyPI modelexpress is not installed but MXFS_REQUIRE_UPSTREAM=1 (see .ci/setup)")
-        pytest.skip("PyPI modelexpress is not installed (pip install --no-deps modelexpress, see .ci/setup)")
+        component = "torch" if os.environ.get("MXFS_SKIP_VLLM", "0") == "1" else "modelexpress"
+        missing(component, "PyPI modelexpress is not importable (pip install --no-deps modelexpress==0.7.0, "
+                           "as .ci/setup does)")
     drivers: list[Upstream] = []
 
     def start(server: str) -> Upstream:
