@@ -8,7 +8,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -187,10 +186,6 @@ def stop_all(procs: list[MountProc]) -> None:
 
 def fuse_available() -> bool:
     return os.access("/dev/fuse", os.R_OK | os.W_OK) and shutil.which("fusermount3") is not None
-
-
-def settle(seconds: float = 0.2) -> None:
-    time.sleep(seconds)
 
 
 @dataclass
