@@ -7,7 +7,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,10 +133,6 @@ class MountProc:
 
 def fuse_available() -> bool:
     return os.access("/dev/fuse", os.R_OK | os.W_OK) and shutil.which("fusermount3") is not None
-
-
-def settle(seconds: float = 0.2) -> None:
-    time.sleep(seconds)
 
 
 @dataclass
