@@ -17,7 +17,7 @@ from google.protobuf import descriptor_pool
 from mxfs import envs
 from mxfs.errors import BlockUnavailable
 from mxfs.rpc.channel import open_channel
-from mxfs.weight_sources.errors import P2PError, SourceGone
+from mxfs.weight_sources.errors import P2PError, SourceGone, SourceRejected
 from mxfs.weight_sources.model import SourceIdentity, SourceInfo, SourceMetadata, Status, TensorDesc
 
 if TYPE_CHECKING:
@@ -95,7 +95,7 @@ class SourceClient:
         """
         self._s()
         if convert.mem_type_of(identity.device) != mem_type:
-            raise ValueError(f"device {identity.device!r} does not hold {mem_type} tensors")
+            raise SourceRejected(f"device {identity.device!r} does not hold {mem_type} tensors")
         req = pb.PublishMetadataRequest(
             identity=convert.identity_to_pb(identity), worker_id=source_id,
             worker=convert.worker_to_pb(identity, agent_name, agent_metadata, tensors, status, host),

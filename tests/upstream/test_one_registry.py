@@ -5,7 +5,10 @@ from __future__ import annotations
 import base64
 import dataclasses
 
+import pytest
+
 from mxfs.weight_sources.client import SourceClient
+from mxfs.weight_sources.errors import SourceRejected
 from mxfs.weight_sources.model import SourceIdentity, Status, TensorDesc
 from tests.conftest import MODEL
 from tests.upstream.test_upstream_p2p import IDENTITY, READY, REVISION, WORKER
@@ -50,6 +53,8 @@ def test_mx_source_is_listed_to_the_upstream_client(start_server, upstream):
     tensors = [TensorDesc("w", "bfloat16", (4, 8), 64, 0x7000, 0, b"\x01" * 16),
                TensorDesc("b", "float32", (8,), 32, 0x8000, 0, b"\x02" * 16)]
     try:
+        with pytest.raises(SourceRejected, match="does not hold VRAM"):  # the wire derives it from the device
+            client.publish(MX_IDENT, "mxfs-worker", "mx-mxfs-worker", b"nixl-md", tensors, "VRAM")
         client.publish(MX_IDENT, "mxfs-worker", "mx-mxfs-worker", b"nixl-md", tensors, "DRAM")
         refs = up.call("list", status_filter=READY)["instances"]
         assert [(r["worker_id"], r["model_name"], r["accelerator"]) for r in refs] == [
