@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import shutil
@@ -69,10 +70,9 @@ class NodeDaemon:
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         self.stats = FetchStats()
         self.faults = CacheFaults(self.stats.registry)
-        self.cache = BlockCache(self.cache_dir / "blocks", config.cache_size,
-                                index_bytes=config.cache_index_size, faults=self.faults)
-        if not config.cache_size:
-            self.cache.limit = default_cache_size(self.cache_dir, self.cache.used)
+        limit = config.cache_size or functools.partial(default_cache_size, self.cache_dir)
+        self.cache = BlockCache(self.cache_dir / "blocks", limit, index_bytes=config.cache_index_size,
+                                faults=self.faults)
         set_default_security(ChannelSecurity(config.auth_token, config.tls_ca_file))
         self.client = MxfsClient(config.server, timeout_s=config.fetch_timeout)
         self.rpc_limiter = trio.CapacityLimiter(config.fetch_workers)

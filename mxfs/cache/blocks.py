@@ -58,10 +58,13 @@ def _decode(raw: bytes) -> BlockKey:
 class BlockCache:
     """Content-addressed block store under ``root`` holding at most ``limit_bytes``."""
 
-    def __init__(self, root: Path, limit_bytes: int, index_bytes: int = DEFAULT_INDEX_BYTES,
-                 faults: CacheFaults | None = None) -> None:
+    def __init__(self, root: Path, limit_bytes: int | Callable[[int], int],
+                 index_bytes: int = DEFAULT_INDEX_BYTES, faults: CacheFaults | None = None) -> None:
+        """``limit_bytes`` may be a function of the bytes the cache already holds (read from
+        its index at start), e.g. a share of the free disk plus those."""
         self.root = Path(root)
-        self.limit = limit_bytes
+        self._limit_of = limit_bytes if callable(limit_bytes) else None
+        self.limit = 0 if callable(limit_bytes) else limit_bytes
         self.faults = faults or CacheFaults()
         (self.root / "blobs").mkdir(parents=True, exist_ok=True)
         # no fsync per commit: a process crash keeps every committed entry (the OS holds the
@@ -96,6 +99,8 @@ class BlockCache:
         for _, key, length in entries:
             self._lru[key] = length
             self.used += length
+        if self._limit_of is not None:
+            self.limit = self._limit_of(self.used)
         log.info("block cache %s: %d blocks, %d bytes (limit %d)", self.root, len(entries),
                  self.used, self.limit)
 
