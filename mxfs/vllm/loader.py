@@ -30,7 +30,6 @@ from mxfs.vllm.p2p import P2PStrategy, SourceServer, fingerprint, fingerprints, 
 from mxfs.vllm.plugin import LOAD_FORMAT
 from mxfs.vllm.resolve import ResolvedModel, resolve
 from mxfs.vllm.strategies import (
-    OBJECT_SCHEMES,
     ChainResult,
     DefaultStrategy,
     DownloadStrategy,
@@ -45,12 +44,12 @@ log = logging.getLogger(__name__)
 
 
 def model_uri(model_config: ModelConfig) -> str | None:
-    """``MX_MODEL_URI``, else the object-store URI vLLM was given as the model (its ``model_weights``)."""
-    uri = envs.MX_MODEL_URI.get()
-    if uri:
-        return uri
-    weights = getattr(model_config, "model_weights", "") or ""
-    return weights if weights.startswith(OBJECT_SCHEMES) else None
+    """Where the ``model-streamer`` strategy reads weights: ``MX_MODEL_URI``.
+
+    (vLLM itself refuses an object-store ``--model`` with any load format but its own
+    streamers, so ``--model`` names a local directory with the config and tokenizer.)
+    """
+    return envs.MX_MODEL_URI.get()
 
 
 @register_model_loader(LOAD_FORMAT)

@@ -58,7 +58,7 @@ class LoadContext:
     resolved: ResolvedModel | None
     identity: SourceIdentity | None = None
     server: str | None = None
-    uri: str | None = None  # MX_MODEL_URI, or vLLM's model_weights when it is an object-store URI
+    uri: str | None = None  # MX_MODEL_URI
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,15 @@ def baseline_tokens(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
     return Engine(models_dir / MODEL, log, load_format="safetensors").tokens
 
 
+def config_only(model: Path, dest: Path) -> Path:
+    """What a pod has without the weights: the model's config and tokenizer files."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in model.iterdir():
+        if f.is_file() and f.suffix != ".safetensors" and not f.name.endswith(".index.json"):
+            shutil.copy(f, dest / f.name)
+    return dest
+
+
 @pytest.fixture(params=["s3", "gs"])
 def object_store(request, tmp_path):
     """The model in a real store on 127.0.0.1 (s3rver, GCS emulator) and the env runai needs for it.
@@ -58,7 +67,7 @@ def test_model_uri_streams_with_runai(baseline_tokens, object_store, models_dir,
     scheme, store, env = object_store
     store.upload_dir("models", MODEL, models_dir / MODEL)
     uri = f"{scheme}://models/{MODEL}"
-    engine = Engine(uri, tmp_path / f"mx-{scheme}.log",
+    engine = Engine(config_only(models_dir / MODEL, tmp_path / "config"), tmp_path / f"mx-{scheme}.log",
                     env=env | {"MX_MODEL_URI": uri, "RUNAI_STREAMER_CONCURRENCY": "4"})
     log = engine.log()
     assert f"mx: strategy model-streamer won: {uri} with runai-model-streamer" in log, log[-3000:]
@@ -74,11 +83,7 @@ def test_no_shared_storage_streams_files_into_the_hf_cache(baseline_tokens, star
         client.close()
     # the pod has the model's config and tokenizer (e.g. from its image), not its weights
     cache = tmp_path / "hf-cache"
-    snapshot = cache / hub_folder(MODEL) / "snapshots" / revision
-    snapshot.mkdir(parents=True)
-    for f in (models_dir / MODEL).iterdir():
-        if f.is_file() and f.suffix != ".safetensors" and not f.name.endswith(".index.json"):
-            shutil.copy(f, snapshot / f.name)
+    snapshot = config_only(models_dir / MODEL, cache / hub_folder(MODEL) / "snapshots" / revision)
     (cache / hub_folder(MODEL) / "refs").mkdir()
     (cache / hub_folder(MODEL) / "refs" / "main").write_text(revision)
 
