@@ -1,7 +1,20 @@
 #!/usr/bin/env python3
-"""Read throughput of a >=1 GiB model: raw origin vs the mxfs mount (cold, warm, re-read, prefetch).
+"""Read paths of a >=1 GiB model through a mxfs mount against the raw paths, in one run.
 
-Prints one table of GB/s and the ratio to the raw page-cache read, all measured in this run.
+Every row is a ratio to the raw path named beside it, both measured in this run:
+
+* warm read through the mount (node cache, page cache dropped) vs raw origin read, dropped
+* re-read through the mount (kernel page cache) vs raw page-cache read
+* cold read through the mount (blocks from the server on loopback) vs a plain local copy
+* ``mxfs prefetch --wait`` then read (page cache dropped) vs raw origin read, dropped
+* random 4 KiB reads over a hydrated file vs the same reads of the origin file (dropped)
+* every tensor through ``safetensors.safe_open`` (+ torch), HF layout on the mount, warm,
+  vs the same from the origin directory (both page cache dropped)
+* the daemon's CPU seconds per GiB of a cold read (no raw counterpart; target <= 1.0)
+* the node's cache blobs read raw, page cache dropped, vs the origin files (layout check)
+
+``--no-passthrough`` runs the mount rows once more with passthrough switched off, where
+the mount has that option. Page cache drops need root (else rows say "not dropped").
 Usage: python bench/read_throughput.py [--size 1GiB] [--workdir DIR] [--block-size 4MiB]
 """
 
@@ -9,21 +22,25 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import read_all
 from mxfs.config import parse_size
+from mxfs.manifest.names import hub_folder
 from mxfs.modelgen import ModelShape, generate_model
 from tests.support.cluster import MountProc, ServerProc
 
 MODEL = "bench/model"
+RANDOM_READS = 4000
 
 
 def drop_page_cache() -> bool:
@@ -35,55 +52,196 @@ def drop_page_cache() -> bool:
         return False
 
 
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (and its reaped children) from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def timed(fn: Callable[[], int]) -> tuple[int, float]:
+    start = time.perf_counter()
+    n = fn()
+    return n, time.perf_counter() - start
+
+
+def local_copy(src: Path, dst: Path) -> int:
+    """A plain local copy of every file (``shutil.copyfile``), synced: the bytes a cold read must move."""
+    total = 0
+    for path in sorted(p for p in src.rglob("*") if p.is_file()):
+        out = dst / path.relative_to(src)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, out)
+        total += path.stat().st_size
+    os.sync()
+    return total
+
+
+def random_reads(path: Path, offsets: list[int]) -> int:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for off in offsets:
+            os.pread(fd, 4096, off)
+    finally:
+        os.close(fd)
+    return 4096 * len(offsets)
+
+
+def load_tensors(folder: Path) -> int:
+    """Every tensor of every safetensors file, materialized (safe_open maps lazily)."""
+    from safetensors import safe_open
+
+    total = 0
+    for path in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as f:
+            for name in f.keys():  # noqa: SIM118 - safe_open has no __iter__
+                total += f.get_tensor(name).clone().nbytes
+    return total
+
+
+def blob_dir(node: MountProc) -> Path:
+    return node.cache_dir / "blocks" / "blobs"
+
+
+class Bench:
+    def __init__(self, work: Path, origin: Path, block_size: int, extra: list[str]) -> None:
+        self.work, self.origin, self.extra = work, origin, extra
+        self.server = ServerProc(origin, work / "server-cache", block_size=block_size)
+        self.rows: list[tuple[str, str, float | None, float | None]] = []  # label, vs, GB/s or value, ratio
+        self.dropped = True
+
+    def drop(self) -> None:
+        self.dropped = drop_page_cache() and self.dropped
+
+    def row(self, label: str, vs: str, got: tuple[int, float], base: tuple[int, float] | None) -> None:
+        rate = got[0] / got[1]
+        ratio = rate / (base[0] / base[1]) if base else None
+        self.rows.append((label, vs, rate / 1e9, ratio))
+
+    def node(self, name: str, fresh: bool) -> MountProc:
+        node = MountProc(self.work / f"mnt-{name}", self.work / f"node-cache-{name}", self.server.address,
+                         extra=self.extra)
+        if fresh:
+            shutil.rmtree(node.cache_dir, ignore_errors=True)
+        return node.start(wait_model=MODEL)
+
+    def run(self, tag: str) -> None:
+        model = self.origin / MODEL
+        # raw baselines
+        self.drop()
+        raw_dropped = read_all(model)
+        read_all(model)
+        raw_cached = read_all(model)
+        copy_dir = self.work / "local-copy"
+        shutil.rmtree(copy_dir, ignore_errors=True)
+        self.drop()
+        plain_copy = timed(lambda: local_copy(model, copy_dir))
+        shutil.rmtree(copy_dir, ignore_errors=True)
+
+        # cold (empty node cache), with the daemon's CPU time
+        node = self.node(f"cold{tag}", fresh=True)
+        try:
+            self.drop()
+            before = cpu_seconds(node.proc.pid)
+            cold = read_all(node.mountpoint / MODEL)
+            cpu = cpu_seconds(node.proc.pid) - before
+        finally:
+            node.stop()
+        self.row(f"mount cold{tag}", "plain local copy", cold, plain_copy)
+        self.rows.append((f"daemon CPU s/GiB, cold{tag}", "target <= 1.0", cpu / (cold[0] / 2**30), None))
+
+        # warm (node cache kept, page cache dropped), then the kernel re-read
+        node = self.node(f"cold{tag}", fresh=False)
+        try:
+            self.drop()
+            self.row(f"mount warm, page cache dropped{tag}", "raw read, dropped", read_all(node.mountpoint / MODEL),
+                     raw_dropped)
+            read_all(node.mountpoint / MODEL)
+            self.row(f"mount re-read (page cache){tag}", "raw read, page cache", read_all(node.mountpoint / MODEL),
+                     raw_cached)
+        finally:
+            node.stop()
+        self.drop()
+        blobs = blob_dir(node)
+        self.row(f"node cache blobs read raw, dropped{tag}", "raw read, dropped", read_all(blobs), raw_dropped)
+
+        # prefetch --wait, then read; random reads; safe_open through the HF layout
+        node = self.node(f"prefetch{tag}", fresh=True)
+        try:
+            start = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "mxfs", "prefetch", str(node.mountpoint / MODEL), "--wait",
+                            "--no-progress"], check=True, capture_output=True, timeout=1200)
+            size = sum(p.stat().st_size for p in model.rglob("*") if p.is_file())
+            self.row(f"mxfs prefetch --wait (hydration){tag}", "plain local copy", (size, time.perf_counter() - start),
+                     plain_copy)
+            self.drop()
+            self.row(f"read after prefetch --wait, dropped{tag}", "raw read, dropped",
+                     read_all(node.mountpoint / MODEL), raw_dropped)
+            shard = max(model.glob("*.safetensors"), key=lambda p: p.stat().st_size)
+            rng = random.Random(0)
+            offsets = [rng.randrange(0, shard.stat().st_size - 4096) & ~4095 for _ in range(RANDOM_READS)]
+            self.drop()
+            raw_random = timed(lambda: random_reads(shard, offsets))
+            self.drop()
+            self.row(f"random 4 KiB reads, hydrated, dropped{tag}", "raw random reads, dropped",
+                     timed(lambda: random_reads(node.mountpoint / MODEL / shard.name, offsets)), raw_random)
+            try:
+                import torch  # noqa: F401 - safe_open(framework="pt") needs it
+
+                self.drop()
+                raw_st = timed(lambda: load_tensors(model))
+                snapshot = next((node.mountpoint / "hub" / hub_folder(MODEL) / "snapshots").iterdir())
+                self.drop()
+                self.row(f"safe_open every tensor, HF layout, warm{tag}", "same from origin dir",
+                         timed(lambda: load_tensors(snapshot)), raw_st)
+            except ImportError:
+                self.rows.append((f"safe_open every tensor{tag}", "torch not installed", None, None))
+        finally:
+            node.stop()
+
+    def table(self) -> str:
+        lines = [f"| {'row':<48} | {'compared with':<26} | {'GB/s':>7} | {'ratio':>6} |",
+                 f"|{'-' * 50}|{'-' * 28}|{'-' * 9}|{'-' * 8}|"]
+        for label, vs, value, ratio in self.rows:
+            v = "" if value is None else f"{value:7.2f}"
+            r = "" if ratio is None else f"{ratio:5.2f}x"
+            lines.append(f"| {label:<48} | {vs:<26} | {v:>7} | {r:>6} |")
+        return "\n".join(lines)
+
+
+def mount_has_option(option: str) -> bool:
+    out = subprocess.run([sys.executable, "-m", "mxfs", "mount", "--help"], capture_output=True, text=True)
+    return option in out.stdout
+
+
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", default="1GiB")
     ap.add_argument("--block-size", default="4MiB")
     ap.add_argument("--workdir", default=None)
+    ap.add_argument("--no-passthrough", action="store_true",
+                    help="also run every mount row with passthrough switched off")
     args = ap.parse_args()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="mxfs-bench-"))
     origin = work / "origin"
     if not (origin / MODEL / "config.json").exists():
         print(f"generating {args.size} model in {origin} ...", file=sys.stderr)
         generate_model(origin / MODEL, ModelShape.for_size(parse_size(args.size)), shard_bytes=512 << 20)
-    rows: list[tuple[str, int, float]] = []
-
-    read_all(origin / MODEL)  # warm the page cache
-    rows.append(("raw origin read (page cache)", *read_all(origin / MODEL)))
-
-    server = ServerProc(origin, work / "server-cache", block_size=parse_size(args.block_size)).start()
-    node = MountProc(work / "mnt", work / "node-cache", server.address)
+    bench = Bench(work, origin, parse_size(args.block_size), [])
+    bench.server.start()
     try:
-        shutil.rmtree(node.cache_dir, ignore_errors=True)
-        node.start(wait_model=MODEL)
-        rows.append(("mount cold (blocks from server)", *read_all(node.mountpoint / MODEL)))
-        node.stop()
-        dropped = drop_page_cache()
-        node.start(wait_model=MODEL)
-        label = "mount warm (local cache" + (", page cache dropped)" if dropped else ")")
-        rows.append((label, *read_all(node.mountpoint / MODEL)))
-        rows.append(("mount re-read (kernel page cache)", *read_all(node.mountpoint / MODEL)))
-        node.stop()
-        shutil.rmtree(node.cache_dir, ignore_errors=True)
-        node.start(wait_model=MODEL)
-        start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "mxfs", "prefetch", str(node.mountpoint / MODEL), "--no-progress"],
-                       check=True, capture_output=True, timeout=600)
-        elapsed = time.perf_counter() - start
-        size = sum(p.stat().st_size for p in (origin / MODEL).rglob("*") if p.is_file())
-        rows.append(("mxfs prefetch hydration", size, elapsed))
-        rows.append(("read after prefetch", *read_all(node.mountpoint / MODEL)))
+        bench.run("")
+        if args.no_passthrough:
+            if mount_has_option("--no-passthrough"):
+                bench.extra = ["--no-passthrough"]
+                bench.run(" [no passthrough]")
+            else:
+                bench.rows.append(("[no passthrough]", "mount has no such option", None, None))
     finally:
-        node.stop()
-        server.stop()
-
-    raw = rows[0][1] / rows[0][2]
-    print(f"\nmodel {rows[0][1] / 2**30:.2f} GiB, block size {args.block_size}, {os.cpu_count()} cores\n")
-    print(f"| {'path':<44} | {'GB/s':>7} | {'x raw':>7} |")
-    print(f"|{'-' * 46}|{'-' * 9}|{'-' * 9}|")
-    for label, nbytes, seconds in rows:
-        rate = nbytes / seconds
-        print(f"| {label:<44} | {rate / 1e9:7.2f} | {rate / raw:7.3f} |")
+        bench.server.stop()
+    size = sum(p.stat().st_size for p in (origin / MODEL).rglob("*") if p.is_file())
+    print(f"\nmodel {size / 2**30:.2f} GiB, block size {args.block_size}, {os.cpu_count()} cores"
+          f"{'' if bench.dropped else ', PAGE CACHE NOT DROPPED (not root)'}; one run\n")
+    print(bench.table())
     return 0
 
 

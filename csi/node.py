@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import grpc
 
+from mxfs.errors import MxfsError
+from mxfs.nodectl import hydrate_model
 from mxfs.rpc import csi_pb2, csi_pb2_grpc
 from mxfs_csi.nodemount import NodeMount
 from mxfs_csi.publisher import Publisher, canonical_target
@@ -15,6 +18,7 @@ from mxfs_csi.status import (
     is_stale,
     not_found,
     rpc,
+    unavailable,
 )
 from mxfs_csi.volume import parse_volume_context
 
@@ -45,6 +49,21 @@ def _absolute_path(value: str, field: str) -> str:
     if not os.path.isabs(value) or "\x00" in value:
         raise invalid_argument(f"{field} must be an absolute path, got {value!r}")
     return value
+
+
+def wait_hydrated(source: os.PathLike[str], time_left_s: float | None) -> None:
+    """Block until every file of the model at ``source`` is complete in the node cache.
+
+    Runs the daemon's prefetch (a retried publish joins the same job); runs out with the
+    call's deadline as UNAVAILABLE, so kubelet retries and the pod starts only once the
+    model is local."""
+    timeout = None if time_left_s is None else max(1.0, time_left_s - 1.0)
+    try:
+        last = hydrate_model(Path(source), timeout_s=timeout)
+    except MxfsError as exc:
+        raise unavailable(f"hydrating {source}: {exc}") from exc
+    if not last.complete:
+        raise unavailable(f"hydrating {source}: {last.error or 'not every file is complete yet'}")
 
 
 def check_capability(capability: csi_pb2.VolumeCapability, readonly: bool) -> None:
@@ -87,6 +106,8 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         check_capability(request.volume_capability, request.readonly)
         volume = parse_volume_context(request.volume_context)
         source = self.node_mount.model_dir(volume)
+        if volume.hydrate:
+            wait_hydrated(source, context.time_remaining())
         self.publisher.publish(source, canonical_target(target))
         return csi_pb2.NodePublishVolumeResponse()
 

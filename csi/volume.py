@@ -13,6 +13,8 @@ from mxfs_csi.status import invalid_argument
 KEY_MODEL = "model"
 KEY_REVISION = "revision"
 KEY_URI = "uri"
+#: "true": publish only once every file of the model is hydrated (complete and verified on the node)
+KEY_HYDRATE = "hydrate"
 
 _URI_SCHEMES = ("hf://", "mx://")
 
@@ -23,6 +25,7 @@ class ModelVolume:
 
     name: str
     revision: str | None = None
+    hydrate: bool = False
 
     def __str__(self) -> str:
         return self.name if self.revision is None else f"{self.name}@{self.revision}"
@@ -33,11 +36,15 @@ def parse_volume_context(context: Mapping[str, str]) -> ModelVolume:
 
     ``model`` is ``org/name`` or ``org/name@revision``; ``uri`` is
     ``hf://org/name[@revision]`` or ``mx://org/name[@revision]``, a model the mxfs
-    server resolves by name. Raises INVALID_ARGUMENT for anything else.
+    server resolves by name; ``hydrate: "true"`` publishes only once the model is fully
+    on the node. Raises INVALID_ARGUMENT for anything else.
     """
     model = context.get(KEY_MODEL, "").strip()
     uri = context.get(KEY_URI, "").strip()
     revision = context.get(KEY_REVISION, "").strip() or None
+    hydrate_text = context.get(KEY_HYDRATE, "false").strip().lower()
+    if hydrate_text not in ("true", "false"):
+        raise invalid_argument(f"volume context 'hydrate' must be \"true\" or \"false\", got {hydrate_text!r}")
     if model and uri:
         raise invalid_argument("volume context sets both 'model' and 'uri': set one")
     if uri:
@@ -55,4 +62,4 @@ def parse_volume_context(context: Mapping[str, str]) -> ModelVolume:
     validate_name(name)
     if revision is not None:
         validate_revision(revision)
-    return ModelVolume(name, revision)
+    return ModelVolume(name, revision, hydrate=hydrate_text == "true")

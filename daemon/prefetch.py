@@ -1,9 +1,15 @@
-"""Background hydration of whole models with read priority and progress reporting."""
+"""Background hydration of whole models with read priority and progress reporting.
+
+Without ``page_cache`` a job runs the hydration engine (``mxfs.fetch.hydrate``): blocks
+land in place in preallocated blobs and every file ends recorded complete. With
+``page_cache`` blocks also go through the chain into the kernel page cache
+(``notify_store``), as before."""
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 
 import pyfuse3
@@ -11,6 +17,7 @@ import trio
 
 from mxfs.errors import MxfsError
 from mxfs.fetch.chain import FetchChain
+from mxfs.fetch.hydrate import Hydrator, Progress
 from mxfs.manifest.model import Manifest
 
 log = logging.getLogger(__name__)
@@ -28,12 +35,19 @@ class PrefetchJob:
     done_blocks: int = 0
     finished: bool = False
     error: str = ""
+    #: every file of the model is complete and verified in the node cache
+    complete: bool = False
+    progress: Progress | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def snapshot(self) -> dict:
+        if self.progress is not None:
+            with self.progress.lock, self.lock:
+                self.done_bytes, self.done_blocks = self.progress.done_bytes, self.progress.done_blocks
         with self.lock:
             return {k: getattr(self, k) for k in (
-                "revision", "total_bytes", "total_blocks", "done_bytes", "done_blocks", "finished", "error")}
+                "revision", "total_bytes", "total_blocks", "done_bytes", "done_blocks", "finished", "error",
+                "complete")}
 
 
 class Prefetcher:
@@ -43,6 +57,7 @@ class Prefetcher:
         self.chain = chain
         self.limiter = limiter
         self.concurrency = concurrency
+        self.hydrator = Hydrator(chain, concurrency)
 
     async def run(self, job: PrefetchJob, manifest: Manifest, inode_of: dict[str, int] | None) -> None:
         """Hydrate ``manifest``; with ``inode_of`` (path -> inode) also fill the page cache."""
@@ -50,6 +65,9 @@ class Prefetcher:
             job.revision = manifest.revision
             job.total_bytes = manifest.total_size
             job.total_blocks = manifest.total_blocks
+        if inode_of is None:
+            await self._hydrate(job, manifest)
+            return
         work = [(e, i) for e in manifest.files for i in range(e.block_count(manifest.block_size))]
         send, receive = trio.open_memory_channel(0)
         try:
@@ -65,8 +83,28 @@ class Prefetcher:
             job.error = str(exc)
             log.warning("prefetch of %s failed: %s", job.name, exc)
         finally:
-            job.finished = True
+            with job.lock:
+                job.complete = not job.error and all(
+                    self.chain.cache.is_complete(e, manifest.block_size) or not e.size for e in manifest.files)
+                job.finished = True
         log.info("prefetch of %s@%s: %d/%d blocks", job.name, job.revision, job.done_blocks, job.total_blocks)
+
+    async def _hydrate(self, job: PrefetchJob, manifest: Manifest) -> None:
+        job.progress = Progress()
+        try:
+            failed = await self.hydrator.hydrate(manifest, job.progress)
+        except MxfsError as exc:
+            failed = [str(exc)]
+        start = job.progress.started
+        with job.lock:
+            job.error = f"{len(failed)} file(s) not hydrated; first: {failed[0]}" if failed else ""
+            job.complete = not failed
+        job.snapshot()
+        with job.lock:
+            job.finished = True
+        secs = time.monotonic() - start
+        log.info("hydrated %s@%s: %d/%d bytes in %.1fs (%.0f MB/s)%s", job.name, job.revision, job.done_bytes,
+                 job.total_bytes, secs, job.done_bytes / max(secs, 1e-6) / 1e6, f"; {job.error}" if failed else "")
 
     async def _worker(self, job, manifest: Manifest, receive, inode_of) -> None:
         async with receive:

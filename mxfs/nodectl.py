@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 import grpc
@@ -14,6 +15,7 @@ from mxfs.rpc import node_pb2, node_pb2_grpc
 
 log = logging.getLogger(__name__)
 XATTR = "user.mxfs."
+LOG_EVERY_S = 2.0
 
 
 def _xattr(path: Path, name: str) -> str | None:
@@ -36,14 +38,35 @@ def _stub(path: Path) -> node_pb2_grpc.NodeControlStub:
     return node_pb2_grpc.NodeControlStub(grpc.insecure_channel(f"unix://{control_socket(path)}"))
 
 
-def prefetch(path: Path, page_cache: bool = False, progress: bool = True) -> int:
-    """Hydrate the model at ``path`` through its daemon; shows a bar on a terminal."""
+def hydrate_model(path: Path, timeout_s: float | None = None) -> node_pb2.PrefetchProgress:
+    """Hydrate the model at ``path`` and wait; the last progress message (``complete`` says
+    whether every file ended complete in the node cache). Raises MxfsError when the daemon
+    cannot be asked or the wait runs out."""
+    name, revision = _xattr(path, "model"), _xattr(path, "revision")
+    if not name or not revision:
+        raise MxfsError(f"{path} is not a model directory of a mxfs mount")
+    last = node_pb2.PrefetchProgress()
+    try:
+        for message in _stub(path).Prefetch(node_pb2.PrefetchRequest(name=name, revision=revision),
+                                            timeout=timeout_s):
+            last = message
+    except grpc.RpcError as exc:
+        raise MxfsError(f"prefetch of {name}: {exc.code().name}: {exc.details()}") from exc
+    return last
+
+
+def prefetch(path: Path, page_cache: bool = False, progress: bool = True, wait: bool = False) -> int:
+    """Hydrate the model at ``path`` through its daemon; shows a bar on a terminal, else one
+    structured log line (bytes, rate, ETA) every few seconds. With ``wait`` the exit code is
+    0 only when every file ended complete and verified in the node cache."""
     name, revision = _xattr(path, "model"), _xattr(path, "revision")
     if not name or not revision:
         raise MxfsError(f"{path} is not a model directory of a mxfs mount")
     request = node_pb2.PrefetchRequest(name=name, revision=revision, page_cache=page_cache)
     bar = None
     last = node_pb2.PrefetchProgress()
+    start = time.monotonic()
+    logged = 0.0
     try:
         for last in _stub(path).Prefetch(request):
             if progress and sys.stderr.isatty():
@@ -53,8 +76,15 @@ def prefetch(path: Path, page_cache: bool = False, progress: bool = True) -> int
                     bar = tqdm(total=last.total_bytes, unit="B", unit_scale=True, unit_divisor=1024,
                                desc=f"prefetch {name}")
                 bar.update(last.done_bytes - bar.n)
-            elif progress:
-                log.info("prefetch %s: %d/%d bytes", name, last.done_bytes, last.total_bytes)
+            elif progress and (last.finished or time.monotonic() - logged >= LOG_EVERY_S):
+                logged = time.monotonic()
+                rate = last.done_bytes / max(1e-6, logged - start)
+                eta = (last.total_bytes - last.done_bytes) / rate if rate > 0 else float("inf")
+                log.info("prefetch %s: %d/%d bytes, %.1f MB/s, eta %.0fs", name, last.done_bytes,
+                         last.total_bytes, rate / 1e6, eta,
+                         extra={"fields": {
+                             "model": name, "done_bytes": last.done_bytes, "total_bytes": last.total_bytes,
+                             "rate_bytes_s": round(rate), "eta_s": None if eta == float("inf") else round(eta, 1)}})
     except grpc.RpcError as exc:
         code = exc.code()
         if code == grpc.StatusCode.NOT_FOUND:
@@ -69,7 +99,10 @@ def prefetch(path: Path, page_cache: bool = False, progress: bool = True) -> int
         print(f"prefetch of {name} failed: {last.error}", file=sys.stderr)
         return 1
     print(f"{name}@{last.revision}: {last.done_blocks}/{last.total_blocks} blocks, "
-          f"{last.done_bytes} bytes cached")
+          f"{last.done_bytes} bytes cached{', complete' if last.complete else ''}")
+    if wait and not last.complete:
+        print(f"prefetch of {name}: not every file is complete in the node cache", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -83,7 +116,8 @@ def print_status(mountpoint: Path) -> int:
     print(f"cache {s.cache_bytes}/{s.cache_limit} bytes")
     for m in s.models:
         pct = 100.0 * m.cached_bytes / m.total_bytes if m.total_bytes else 100.0
-        print(f"  {m.name}@{m.revision}  {m.cached_bytes}/{m.total_bytes} bytes cached ({pct:.1f}%)")
+        print(f"  {m.name}@{m.revision}  {m.cached_bytes}/{m.total_bytes} bytes cached ({pct:.1f}%), "
+              f"{m.complete_files}/{m.files} files complete")
     for tier, n in sorted(s.bytes_by_tier.items()):
         print(f"  from {tier}: {n} bytes")
     for peer in s.peers:

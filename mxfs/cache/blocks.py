@@ -1,5 +1,10 @@
-"""Block bytes in sparse per-file blobs (a complete file is a plain local file), indexed in
-lmdb by content address, bounded with LRU eviction that never evicts pinned blocks.
+"""Block bytes in per-file blobs (a complete file is a plain local file), indexed in lmdb
+by content address, bounded with LRU eviction that never evicts pinned blocks.
+
+Blobs are sparse while blocks trickle in from readers; hydration preallocates a blob
+(``prepare_blob``), writes verified blocks in place (``commit``) and records the file
+complete (``mark_complete``) once every block is there and synced: ``complete_blob`` is
+then a plain file with exactly the file's bytes (what FUSE passthrough opens).
 
 Every method is blocking and thread-safe: async callers run them in worker threads.
 Write order is data first, then index, so a crash (even ``kill -9``) never leaves an
@@ -20,6 +25,7 @@ from pathlib import Path
 import lmdb
 
 from mxfs.cache.punch import punch_hole
+from mxfs.fileio import path_under
 from mxfs.manifest.model import BlockKey, FileEntry
 
 log = logging.getLogger(__name__)
@@ -29,6 +35,10 @@ _VALUE = struct.Struct("<Id")  # block length, last use (unix seconds)
 
 def _encode(key: BlockKey) -> bytes:
     return f"{key.sha256}:{key.block_size}:{key.index}".encode()
+
+
+def _file_key(sha256: str, block_size: int) -> bytes:
+    return f"{sha256}:{block_size}".encode()
 
 
 def _decode(raw: bytes) -> BlockKey:
@@ -50,6 +60,8 @@ class BlockCache:
             sync=False, metasync=False,
         )
         self._db = self._env.open_db(b"blocks")
+        #: files whose every block was verified in place by hydration: "<sha256>:<block size>" -> size
+        self._complete_db = self._env.open_db(b"complete")
         self._lock = threading.Lock()
         self._lru: OrderedDict[BlockKey, int] = OrderedDict()
         self._pins: Counter[BlockKey] = Counter()
@@ -78,7 +90,7 @@ class BlockCache:
     # -- paths and fds ---------------------------------------------------------------
 
     def blob_path(self, sha256: str) -> Path:
-        return self.root / "blobs" / sha256[:2] / sha256
+        return path_under(self.root, "blobs", sha256[:2], sha256)
 
     def _open(self, sha256: str, create: bool) -> int | None:
         """A new fd of the blob (per operation: no shared fd can be closed under a reader)."""
@@ -114,6 +126,46 @@ class BlockCache:
                 entry.key(i, block_size) in self._lru for i in range(entry.block_count(block_size))
             )
 
+    def is_complete(self, entry: FileEntry, block_size: int) -> bool:
+        """True when hydration verified every block of ``entry`` in its blob and synced it; any
+        block leaving the cache (eviction, a failed check) clears it."""
+        with self._env.begin(db=self._complete_db) as txn:
+            return txn.get(_file_key(entry.sha256, block_size)) is not None and self.file_complete(entry, block_size)
+
+    def complete_blob(self, entry: FileEntry, block_size: int) -> Path | None:
+        """The blob of a complete file (a plain local file with exactly its bytes), else None.
+
+        For FUSE passthrough: callers that keep it open must ``pin_file`` it first."""
+        if entry.size == 0 or not self.is_complete(entry, block_size):
+            return None
+        return self.blob_path(entry.sha256)
+
+    def mark_complete(self, entry: FileEntry, block_size: int) -> bool:
+        """Record ``entry`` complete if every block is indexed; its blob is fsynced first."""
+        if not self.file_complete(entry, block_size):
+            return False
+        fd = self._open(entry.sha256, create=False)
+        if fd is None:
+            return False
+        try:
+            if os.fstat(fd).st_size != entry.size:
+                os.ftruncate(fd, entry.size)
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
+        with self._env.begin(db=self._complete_db, write=True) as txn:
+            txn.put(_file_key(entry.sha256, block_size), struct.pack("<Q", entry.size))
+        return self.file_complete(entry, block_size)  # a block evicted meanwhile cleared it again
+
+    def pin_file(self, entry: FileEntry, block_size: int) -> None:
+        """Keep every block of ``entry`` from eviction (e.g. while its blob backs an open file)."""
+        for i in range(entry.block_count(block_size)):
+            self.pin(entry.key(i, block_size))
+
+    def unpin_file(self, entry: FileEntry, block_size: int) -> None:
+        for i in range(entry.block_count(block_size)):
+            self.unpin(entry.key(i, block_size))
+
     def cached_bytes(self, entry: FileEntry, block_size: int) -> int:
         with self._lock:
             return sum(
@@ -143,6 +195,43 @@ class BlockCache:
                 self._touched[key] = time.time()
         return data if len(data) == length else None
 
+    def prepare_blob(self, entry: FileEntry) -> int:
+        """An fd of ``entry``'s blob with all its space allocated (``posix_fallocate``: one run
+        of extents, and no write into it can fail for space later). The caller closes it.
+        Raises OSError (ENOSPC, or EOPNOTSUPP where the filesystem cannot preallocate)."""
+        fd = self._open(entry.sha256, create=True)
+        assert fd is not None
+        try:
+            if entry.size:
+                os.posix_fallocate(fd, 0, entry.size)
+            return fd
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def remove_blob_if_unused(self, entry: FileEntry, block_size: int) -> None:
+        """Delete ``entry``'s blob when no block of it is cached (e.g. after a failed preallocation)."""
+        with self._lock:
+            if any(entry.key(i, block_size) in self._lru for i in range(entry.block_count(block_size))):
+                return
+            self.blob_path(entry.sha256).unlink(missing_ok=True)
+
+    def reserve(self, length: int) -> bool:
+        """Make room for ``length`` bytes about to be written in place (see ``commit``)."""
+        return self._make_room(length)
+
+    def commit(self, key: BlockKey, length: int) -> None:
+        """Index a block whose verified bytes are already in its blob (written in place)."""
+        with self._env.begin(db=self._db, write=True) as txn:
+            txn.put(_encode(key), _VALUE.pack(length, time.time()))
+        with self._lock:
+            new = key not in self._lru
+            if new:
+                self._lru[key] = length
+                self.used += length
+        if new:
+            self._notify([key], [])
+
     def put(self, key: BlockKey, data: bytes | bytearray | memoryview) -> bool:
         """Store a verified block; False (and nothing stored) when no room can be made."""
         length = len(data)
@@ -161,13 +250,7 @@ class BlockCache:
             raise OSError(f"short write to cache ({written} of {length} bytes)")
         with self._env.begin(db=self._db, write=True) as txn:
             txn.put(_encode(key), _VALUE.pack(length, time.time()))
-        with self._lock:
-            new = key not in self._lru
-            if new:
-                self._lru[key] = length
-                self.used += length
-        if new:
-            self._notify([key], [])
+        self.commit(key, length)
         return True
 
     def discard(self, key: BlockKey) -> None:
@@ -221,6 +304,8 @@ class BlockCache:
         with self._env.begin(db=self._db, write=True) as txn:
             for key, _ in removed:
                 txn.delete(_encode(key))
+            for file in {_file_key(key.sha256, key.block_size) for key, _ in removed}:
+                txn.delete(file, db=self._complete_db)
         for key, size in removed:
             fd = self._open(key.sha256, create=False)
             if fd is None:

@@ -26,6 +26,7 @@ import grpc
 
 from mxfs.errors import IntegrityError, ModelNotFound, SourceError
 from mxfs.fileio import atomic_write
+from mxfs.manifest import hashing
 from mxfs.manifest.model import FileEntry, Manifest
 from mxfs.manifest.names import DEFAULT_REVISION, hub_folder, is_commit, validate_relpath
 from mxfs.rpc import model_express_model_pb2 as pb
@@ -61,7 +62,7 @@ def ensure_on_server(address: str, name: str, revision: str = "", timeout_s: flo
         channel.close()
 
 
-#: (block size, sha256 digest of every block) of a file
+#: (block size, digest of every block under the manifest's ``block_hash``) of a file
 BlockHashesOf = Callable[[FileEntry], tuple[int, Sequence[bytes]]]
 
 
@@ -72,11 +73,13 @@ class HubCacheWriter:
     False: an object-store version id) is verified block by block with ``hashes_of``.
     """
 
-    def __init__(self, cache_dir: Path, name: str, hashes_of: BlockHashesOf | None = None) -> None:
+    def __init__(self, cache_dir: Path, name: str, hashes_of: BlockHashesOf | None = None,
+                 block_hash: str = hashing.LEGACY) -> None:
         self.repo = Path(cache_dir) / hub_folder(name)
         self.blobs = self.repo / "blobs"
         self.blobs.mkdir(parents=True, exist_ok=True)
         self.hashes_of = hashes_of
+        self.block_hash = block_hash
 
     def blob(self, f: FileEntry) -> Path:
         return self.blobs / f.sha256
@@ -125,7 +128,7 @@ class HubCacheWriter:
             return False
         with open(part, "rb") as fh:
             for digest in expected:
-                if hashlib.sha256(fh.read(block_size)).digest() != digest:
+                if not hashing.block_ok(self.block_hash, fh.read(block_size), digest):
                     return False
             os.fsync(fh.fileno())
         return True
@@ -173,7 +176,7 @@ def download_model(address: str, name: str, revision: str, cache_dir: Path,
                                            min(HASHES_PER_CALL, n - len(out)))
             return manifest.block_size, out
 
-        writer = HubCacheWriter(cache_dir, name, hashes_of)
+        writer = HubCacheWriter(cache_dir, name, hashes_of, manifest.block_hash)
         todo = [f for f in manifest.files if not writer.have(f)]
         done_bytes = manifest.total_size - sum(f.size for f in todo)
         advance = progress(manifest.total_size, done_bytes) if progress else (lambda _n: None)

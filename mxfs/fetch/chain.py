@@ -11,7 +11,6 @@ know which peer lied). Tiers with ``is_peer = True`` are skipped for ``via_peers
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import time
@@ -27,17 +26,13 @@ from mxfs.fetch.base import Tier
 from mxfs.fetch.hashes import BlockHashes
 from mxfs.fetch.stats import FetchStats
 from mxfs.fetch.threads import in_thread
+from mxfs.manifest.hashing import block_ok
 from mxfs.manifest.model import BlockKey, FileEntry, Manifest
 
 log = logging.getLogger(__name__)
 
 
 MAX_PENDING_WRITES = 16  # blocks held in memory while they wait for the disk
-
-def digest_ok(data: bytes | bytearray | memoryview, expected: bytes) -> bool:
-    """sha256 check (hashlib releases the GIL, so call it from a worker thread)."""
-    return hashlib.sha256(data).digest() == expected
-
 
 @dataclass
 class _Flight:
@@ -92,16 +87,19 @@ class FetchChain:
         if not entry.block_hashes and (self.hashes is None or not entry.lazy):
             raise InvalidModelName(f"{entry.path}: manifest has no block hashes")
         key = entry.key(index, manifest.block_size)
-        data = self.hot.get(key)
-        if data is not None:
-            return data
-        flight = self._flights.get(key)
-        if flight is not None:
+        while True:
+            data = self.hot.get(key)
+            if data is not None:
+                return data
+            flight = self._flights.get(key)
+            if flight is None:
+                break
             await flight.done.wait()
             if flight.error is not None:
                 raise flight.error
-            assert flight.data is not None
-            return flight.data
+            if flight.data is not None:
+                return flight.data
+            # hydration wrote it in place (now in the cache) or gave up on it: load it ourselves
         flight = self._flights[key] = _Flight()
         self.cache.pin(key)  # a block being read is never evicted
         try:
@@ -116,6 +114,28 @@ class FetchChain:
             del self._flights[key]
             flight.done.set()
 
+    def claim(self, key: BlockKey) -> _Flight | None:
+        """Take the single flight of ``key`` for an in-place write (None: someone else has it).
+
+        Readers of ``key`` wait for ``release`` and then read the cache (or fetch it themselves)."""
+        if key in self._flights:
+            return None
+        flight = self._flights[key] = _Flight()
+        return flight
+
+    def release(self, key: BlockKey, flight: _Flight) -> None:
+        if self._flights.get(key) is flight:
+            del self._flights[key]
+        flight.done.set()
+
+    async def expected(self, manifest: Manifest, entry: FileEntry, index: int) -> bytes:
+        """The digest block ``index`` must have (asked from the server for lazy entries)."""
+        if entry.lazy and self.hashes is not None:
+            return await self.hashes.get(manifest, entry, index)
+        if not entry.block_hashes:
+            raise InvalidModelName(f"{entry.path}: manifest has no block hashes")
+        return entry.block_hashes[index]
+
     async def _load(
         self, manifest: Manifest, entry: FileEntry, index: int, key: BlockKey, via_peers: bool = True
     ) -> bytes | bytearray:
@@ -126,7 +146,8 @@ class FetchChain:
         else:
             expected = entry.block_hashes[index]
         start = time.monotonic()
-        data = await in_thread(self._from_cache, key, length, expected, limiter=self.io_limiter)
+        data = await in_thread(self._from_cache, key, length, manifest.block_hash, expected,
+                               limiter=self.io_limiter)
         if data is not None:
             self.stats.got("local", length, time.monotonic() - start)
             return data
@@ -200,7 +221,8 @@ class FetchChain:
             fatal.append(exc)
             scope.cancel()
             return
-        ok = len(raw) == length and (getattr(tier, "verifies", False) or await in_thread(digest_ok, raw, expected))
+        ok = len(raw) == length and (getattr(tier, "verifies", False)
+                                    or await in_thread(block_ok, manifest.block_hash, raw, expected))
         if not ok:
             self.stats.bad_hash(tier.name)
             tier.quarantine(manifest, entry, index)
@@ -214,11 +236,11 @@ class FetchChain:
         won.append(raw)
         scope.cancel()
 
-    def _from_cache(self, key: BlockKey, length: int, expected: bytes) -> bytes | None:
+    def _from_cache(self, key: BlockKey, length: int, algorithm: str, expected: bytes) -> bytes | None:
         data = self.cache.read(key, length)
         if data is None:
             return None
-        if digest_ok(data, expected):
+        if block_ok(algorithm, data, expected):
             return data
         self.stats.bad_hash("local")
         log.warning("cached block %s is corrupt; dropping it and refetching", key)

@@ -25,15 +25,17 @@ import trio
 
 from mxfs.errors import BlockUnavailable
 from mxfs.fetch.threads import in_thread
+from mxfs.fileio import path_under
+from mxfs.manifest import hashing
 from mxfs.manifest.model import FileEntry, Manifest
 from mxfs.rpc.client import MxfsClient
 
 log = logging.getLogger(__name__)
 
 WINDOW = 16
-_RECORD = struct.Struct("<I32s")  # block index, sha256 digest
+_RECORD = struct.Struct("<I32s")  # block index, 32-byte block digest
 
-FileId = tuple[str, int]  # (content id, block size)
+FileId = tuple[str, int, str]  # (content id, block size, block hash algorithm)
 
 
 class KnownHashes(Sequence[bytes]):
@@ -62,7 +64,7 @@ class KnownHashes(Sequence[bytes]):
 
 
 class BlockHashes:
-    """Expected sha256 of blocks of lazy entries: memory, then local disk, then the server."""
+    """Expected digests of blocks of lazy entries: memory, then local disk, then the server."""
 
     def __init__(self, client: MxfsClient, state_dir: Path, limiter: trio.CapacityLimiter,
                  window: int = WINDOW) -> None:
@@ -76,7 +78,8 @@ class BlockHashes:
         self.asked = 0  # GetBlockHashes calls made (for tests and status)
 
     def _path(self, fid: FileId) -> Path:
-        return self.dir / f"{fid[0]}-{fid[1]}"
+        name = f"{fid[0]}-{fid[1]}"  # sha256 digests: the name used before the algorithm was recorded
+        return path_under(self.dir, name if fid[2] == hashing.SHA256 else f"{name}-{fid[2]}")
 
     def _load(self, fid: FileId) -> dict[int, bytes]:
         try:
@@ -108,14 +111,15 @@ class BlockHashes:
         n = entry.block_count(manifest.block_size)
         lookahead = max(0, min(self.window - 1, n - index - 1))
         hashes = self.client.block_hashes(manifest.name, manifest.revision, entry.path, index, 1, lookahead)
-        found = {index + i: h for i, h in enumerate(hashes) if len(h) == 32}
+        # only what was asked for: a server cannot make us remember hashes past the window or the file
+        found = {index + i: h for i, h in enumerate(hashes[: lookahead + 1]) if len(h) == 32}
         if index not in found:
             raise BlockUnavailable(f"server sent no hash for block {index} of {manifest.name}/{entry.path}")
         return found
 
     async def get(self, manifest: Manifest, entry: FileEntry, index: int) -> bytes:
-        """The expected sha256 digest of block ``index`` of ``entry``."""
-        fid = (entry.sha256, manifest.block_size)
+        """The expected digest of block ``index`` of ``entry`` (``manifest.block_hash``)."""
+        fid = (entry.sha256, manifest.block_size, manifest.block_hash)
         known = await self._memo(fid)
         while (digest := known.get(index)) is None:
             flight = self._flights.get((fid, index))
@@ -137,5 +141,5 @@ class BlockHashes:
 
     def view(self, manifest: Manifest, entry: FileEntry) -> FileEntry:
         """``entry`` with the hashes known so far as its ``block_hashes`` (for tiers that verify)."""
-        known = self._known.get((entry.sha256, manifest.block_size), {})
+        known = self._known.get((entry.sha256, manifest.block_size, manifest.block_hash), {})
         return replace(entry, block_hashes=KnownHashes(entry.block_count(manifest.block_size), known))  # type: ignore[arg-type]

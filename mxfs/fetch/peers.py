@@ -26,9 +26,9 @@ from mxfs.block_peers.registry import PeerNode
 from mxfs.block_peers.swarm import owner, rank_holders, swarm_id
 from mxfs.block_peers.view import HolderView
 from mxfs.errors import BlockUnavailable, SourceError
-from mxfs.fetch.chain import digest_ok
 from mxfs.fetch.stats import FetchStats
 from mxfs.fetch.threads import in_thread
+from mxfs.manifest.hashing import block_ok
 from mxfs.manifest.model import BlockKey, FileEntry, Manifest
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ class PeerTier:
                    if index in h.blocks and h.node.node_id != self.me.node_id and self._usable(h.node.node_id)]
         for peer in rank_holders(key, self.me.node_id, holders, self._load)[:MAX_HOLDERS_TRIED]:
             tried.add(peer.node_id)
-            data = await self._attempt(peer, key, length, expected, None, errors)
+            data = await self._attempt(peer, key, length, manifest.block_hash, expected, None, errors)
             if data is not None:
                 return data
         if sw:
@@ -101,7 +101,7 @@ class PeerTier:
                 raise BlockUnavailable(f"swarm: {key} is this node's to fetch")
             if own is not None and own.node_id not in tried:
                 pull = PullThrough(manifest.name, manifest.revision, entry.path)
-                data = await self._attempt(own, key, length, expected, pull, errors)
+                data = await self._attempt(own, key, length, manifest.block_hash, expected, pull, errors)
                 if data is not None:
                     return data
         raise BlockUnavailable("; ".join(errors) or f"no peer holds {key}")
@@ -148,7 +148,7 @@ class PeerTier:
     def _avoid_for(self, node_id: str, seconds: float, reason: str) -> None:
         self._avoid[node_id] = (time.monotonic() + seconds, reason)
 
-    async def _attempt(self, peer: PeerNode, key: BlockKey, length: int, expected: bytes,
+    async def _attempt(self, peer: PeerNode, key: BlockKey, length: int, algorithm: str, expected: bytes,
                        pull: PullThrough | None, errors: list[str]) -> bytes | bytearray | None:
         self._addresses[peer.node_id] = peer.address
         self._inflight[peer.node_id] += 1
@@ -175,7 +175,7 @@ class PeerTier:
             return None
         finally:
             self._inflight[peer.node_id] -= 1
-        if not await in_thread(digest_ok, data, expected):
+        if not await in_thread(block_ok, algorithm, data, expected):
             self.stats.bad_hash(self.name)
             self._avoid_for(peer.node_id, self.quarantine_s, "quarantined: served a corrupt block")
             log.warning("peer %s (%s) served a corrupt block %s: quarantined for %gs",

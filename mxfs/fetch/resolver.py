@@ -10,9 +10,10 @@ import trio
 
 from mxfs.errors import BlockUnavailable, ManifestError
 from mxfs.fetch.threads import in_thread
-from mxfs.fileio import atomic_write
+from mxfs.fileio import atomic_write, path_under
 from mxfs.manifest.model import Manifest
 from mxfs.manifest.names import ModelRef, is_commit
+from mxfs.manifest.validate import validate_manifest
 from mxfs.rpc.client import MxfsClient
 
 log = logging.getLogger(__name__)
@@ -50,8 +51,7 @@ class ManifestResolver:
             return manifest
 
     def _paths(self, name: str, revision: str) -> tuple[Path, Path]:
-        base = self.dir / name
-        return base / f"{revision}.json", base / "refs" / revision
+        return path_under(self.dir, name, f"{revision}.json"), path_under(self.dir, name, "refs", revision)
 
     def _save(self, ref: ModelRef, manifest: Manifest) -> None:
         path, ref_path = self._paths(manifest.name, manifest.revision)
@@ -73,7 +73,7 @@ class ManifestResolver:
                 return None
         path, _ = self._paths(ref.name, revision)
         try:
-            return Manifest.from_json(path.read_bytes())
+            return validate_manifest(Manifest.from_json(path.read_bytes()), ref.name, revision)
         except (OSError, ManifestError):
             return None
 

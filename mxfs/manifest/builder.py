@@ -11,6 +11,7 @@ from pathlib import Path
 
 from mxfs.errors import ManifestError
 from mxfs.fileio import atomic_write
+from mxfs.manifest import hashing
 from mxfs.manifest.model import FileEntry, Manifest
 from mxfs.manifest.names import validate_relpath
 from mxfs.manifest.safetensors import parse_header
@@ -43,8 +44,8 @@ def list_files(root: Path) -> list[str]:
     return out
 
 
-def hash_file(path: Path, block_size: int) -> tuple[str, tuple[bytes, ...], int]:
-    """One pass over a file: (sha256 hex, per-block sha256 digests, size)."""
+def hash_file(path: Path, block_size: int, algorithm: str = hashing.DEFAULT) -> tuple[str, tuple[bytes, ...], int]:
+    """One pass over a file: (sha256 hex, per-block ``algorithm`` digests, size)."""
     whole = hashlib.sha256()
     blocks: list[bytes] = []
     size = 0
@@ -55,7 +56,7 @@ def hash_file(path: Path, block_size: int) -> tuple[str, tuple[bytes, ...], int]
                 break
             size += len(block)
             whole.update(block)
-            blocks.append(hashlib.sha256(block).digest())
+            blocks.append(hashing.block_digest(algorithm, block))
             if len(block) < block_size:
                 break
     return whole.hexdigest(), tuple(blocks), size
@@ -96,20 +97,21 @@ class DigestCache:
                 self._entries = {}
 
     @staticmethod
-    def _key(path: Path, st: os.stat_result, block_size: int) -> str:
-        return f"{path}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}|{block_size}"
+    def _key(path: Path, st: os.stat_result, block_size: int, algorithm: str) -> str:
+        key = f"{path}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}|{block_size}"
+        return key if algorithm == hashing.SHA256 else f"{key}|{algorithm}"  # sha256: entries made before
 
-    def get(self, path: Path, st: os.stat_result, block_size: int):
+    def get(self, path: Path, st: os.stat_result, block_size: int, algorithm: str = hashing.DEFAULT):
         with self._lock:
-            hit = self._entries.get(self._key(path, st, block_size))
+            hit = self._entries.get(self._key(path, st, block_size, algorithm))
         if hit is None:
             return None
         return hit[0], tuple(bytes.fromhex(h) for h in hit[1]), st.st_size
 
-    def put(self, path: Path, st: os.stat_result, block_size: int, value) -> None:
+    def put(self, path: Path, st: os.stat_result, block_size: int, value, algorithm: str = hashing.DEFAULT) -> None:
         sha, blocks, _ = value
         with self._lock:
-            self._entries[self._key(path, st, block_size)] = [sha, [b.hex() for b in blocks]]
+            self._entries[self._key(path, st, block_size, algorithm)] = [sha, [b.hex() for b in blocks]]
 
     def save(self) -> None:
         if not self._path:
@@ -133,25 +135,27 @@ def build_manifest(
     block_size: int = DEFAULT_BLOCK_SIZE,
     origin: str = "",
     digests: DigestCache | None = None,
+    block_hash: str = hashing.DEFAULT,
 ) -> Manifest:
-    """Hash every file of ``root`` and index its safetensors files."""
+    """Hash every file of ``root`` (blocks with ``block_hash``) and index its safetensors files."""
     check_block_size(block_size)
+    hashing.check_algorithm(block_hash)
     if not root.is_dir():
         raise ManifestError(f"{root} is not a directory")
     entries: list[FileEntry] = []
     for rel in list_files(root):
         full = root / rel
         st = full.stat()
-        value = digests.get(full, st, block_size) if digests else None
+        value = digests.get(full, st, block_size, block_hash) if digests else None
         if value is None:
-            value = hash_file(full, block_size)
+            value = hash_file(full, block_size, block_hash)
             if value[2] != st.st_size:
                 raise ManifestError(f"{full} changed while it was being hashed")
             if digests:
-                digests.put(full, st, block_size, value)
+                digests.put(full, st, block_size, value, block_hash)
         sha, blocks, size = value
         tensors = read_tensors(full, size) if rel.endswith(".safetensors") else ()
         entries.append(FileEntry(rel, size, sha, blocks, tensors))
     if digests:
         digests.save()
-    return Manifest(name, content_revision(entries), block_size, tuple(entries), origin)
+    return Manifest(name, content_revision(entries), block_size, tuple(entries), origin, block_hash=block_hash)

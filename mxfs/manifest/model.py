@@ -8,6 +8,7 @@ from functools import cached_property
 from typing import Any, NamedTuple
 
 from mxfs.errors import InvalidModelName, ManifestError
+from mxfs.manifest import hashing
 
 
 class BlockKey(NamedTuple):
@@ -90,6 +91,14 @@ class Manifest:
     files: tuple[FileEntry, ...]
     origin: str = ""
     extra: dict[str, str] = field(default_factory=dict, compare=False)
+    #: algorithm of every ``block_hashes`` digest (``mxfs.manifest.hashing``)
+    block_hash: str = hashing.LEGACY
+
+    def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "block_hash", hashing.check_algorithm(self.block_hash))
+        except ValueError as exc:
+            raise ManifestError(str(exc)) from None
 
     @cached_property
     def by_path(self) -> dict[str, FileEntry]:
@@ -118,6 +127,7 @@ class Manifest:
                 "revision": self.revision,
                 "block_size": self.block_size,
                 "origin": self.origin,
+                "block_hash": self.block_hash,
                 "files": [
                     {
                         "path": f.path,
@@ -153,6 +163,7 @@ class Manifest:
                 )
                 for f in doc["files"]
             )
-            return cls(doc["name"], doc["revision"], int(doc["block_size"]), files, doc["origin"])
+            return cls(doc["name"], doc["revision"], int(doc["block_size"]), files, doc["origin"],
+                       block_hash=doc.get("block_hash", hashing.LEGACY))
         except (KeyError, TypeError, ValueError) as exc:
             raise ManifestError(f"unreadable manifest: {exc}") from exc

@@ -11,8 +11,9 @@ from typing import Any
 from urllib.parse import quote
 
 from mxfs import envs
-from mxfs.errors import ModelNotFound, OriginDenied, SourceError
+from mxfs.errors import InvalidModelName, ManifestError, ModelNotFound, OriginDenied, SourceError
 from mxfs.manifest.names import DEFAULT_REVISION, is_commit, validate_name, validate_relpath
+from mxfs.manifest.validate import check_sha1_hex, check_sha256_hex, check_size
 from mxfs.origins.remote import OriginUnavailable, RemoteFile, Snapshot, check_range
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -117,14 +118,24 @@ class HuggingFaceSource:
 
 
 def _remote_file(sibling: Any) -> RemoteFile:
-    path = validate_relpath(sibling.rfilename)
+    """One Hub sibling, every value checked before it can name a file or size a read."""
+    try:
+        path = validate_relpath(str(sibling.rfilename))
+    except InvalidModelName as exc:
+        raise ManifestError(f"the Hub listed an unsafe file name: {exc}") from None
     lfs = sibling.lfs
     if sibling.size is None:
         raise SourceError(f"the Hub listed {path} without a size (files_metadata missing)")
+    size = check_size(int(sibling.size), f"the Hub's listing of {path}")
     if lfs is not None:
         sha = lfs.sha256 if isinstance(lfs.sha256, str) else None
-        return RemoteFile(path, int(sibling.size), sha256=sha, etag=sha or "")
-    return RemoteFile(path, int(sibling.size), git_sha1=sibling.blob_id, etag=sibling.blob_id or "")
+        if sha is not None:
+            check_sha256_hex(sha, f"the Hub's LFS digest of {path}")
+        return RemoteFile(path, size, sha256=sha, etag=sha or "")
+    blob_id = sibling.blob_id
+    if blob_id is not None:
+        check_sha1_hex(blob_id, f"the Hub's blob id of {path}")
+    return RemoteFile(path, size, git_sha1=blob_id, etag=blob_id or "")
 
 
 def _http_error(exc: Any, what: str, endpoint: str) -> Exception:

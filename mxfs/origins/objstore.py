@@ -118,7 +118,16 @@ class S3Store:
             got = r.get("ETag", "").strip('"')
             if etag and got and got != etag:
                 raise ModelNotFound(f"{what} changed at the origin (ETag {got}, pinned {etag})")
-            data = r["Body"].read()
+            body = r["Body"]
+            try:  # an origin that ignores Range may send a whole object: read one byte past the ask
+                status = r.get("ResponseMetadata", {}).get("HTTPStatusCode", 206)
+                if status != 206 and not (status == 200 and offset == 0 and r.get("ContentLength") == length):
+                    raise SourceError(f"{self.endpoint} ignored the range of {what} (HTTP {status})")
+                data = body.read(length + 1)
+            finally:
+                body.close()
+        if len(data) > length:
+            raise SourceError(f"{self.endpoint} sent more than the range of {what}")
         if len(data) != length:
             raise OriginUnavailable(f"{self.endpoint} sent {len(data)} of {length} bytes of {what}")
         return data

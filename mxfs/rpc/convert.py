@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from mxfs.manifest import hashing
 from mxfs.manifest.model import FileEntry, Manifest, TensorInfo
+from mxfs.manifest.validate import validate_manifest
 from mxfs.rpc import mxfs_pb2
 
 
@@ -13,6 +15,7 @@ def manifest_to_pb(m: Manifest) -> mxfs_pb2.Manifest:
         block_size=m.block_size,
         origin=m.origin,
         total_size=m.total_size,
+        block_hash=m.block_hash,
         files=[
             mxfs_pb2.FileEntry(
                 path=f.path,
@@ -33,11 +36,13 @@ def manifest_to_pb(m: Manifest) -> mxfs_pb2.Manifest:
 
 
 def manifest_from_pb(pb: mxfs_pb2.Manifest) -> Manifest:
-    return Manifest(
+    """The manifest a server sent, checked by :func:`validate_manifest` (ManifestError if unsafe)."""
+    return validate_manifest(Manifest(
         name=pb.name,
         revision=pb.revision,
         block_size=pb.block_size,
         origin=pb.origin,
+        block_hash=pb.block_hash or hashing.LEGACY,
         files=tuple(
             FileEntry(
                 path=f.path,
@@ -51,4 +56,4 @@ def manifest_from_pb(pb: mxfs_pb2.Manifest) -> Manifest:
             )
             for f in pb.files
         ),
-    )
+    ))

@@ -9,6 +9,8 @@ from urllib.parse import urlencode
 
 from mxfs.errors import BlockUnavailable, InvalidModelName, ManifestError, ModelNotFound
 
+MAX_ERROR_BODY = 4096  # bytes of an error answer kept for the message
+
 _ERRORS: dict[int, type[Exception]] = {400: InvalidModelName, 404: ModelNotFound, 412: ManifestError}
 
 
@@ -30,16 +32,23 @@ class HttpRangeClient:
             self._local.conn = None
 
     def read_range(self, name: str, revision: str, path: str, offset: int, length: int) -> bytearray:
-        query = urlencode({"model": name, "revision": revision, "path": path, "offset": offset, "length": length})
         buf = bytearray(length)
-        view = memoryview(buf)
+        self.read_range_into(name, revision, path, offset, memoryview(buf))
+        return buf
+
+    def read_range_into(self, name: str, revision: str, path: str, offset: int, view: memoryview) -> None:
+        """Bytes ``[offset, offset+len(view))`` of ``path`` received straight into ``view``
+        (e.g. a slice of a mapping of the cache blob: no copy in Python)."""
+        length = len(view)
+        query = urlencode({"model": name, "revision": revision, "path": path, "offset": offset, "length": length})
         for attempt in (0, 1):  # a keep-alive connection the server closed: retry once on a new one
             conn = self._conn()
             try:
                 conn.request("GET", f"/v1/range?{query}")
                 resp = conn.getresponse()
                 if resp.status != 200:
-                    message = resp.read().decode(errors="replace")
+                    message = resp.read(MAX_ERROR_BODY).decode(errors="replace")
+                    self._drop()  # the rest of a long error body is never read
                     raise _ERRORS.get(resp.status, BlockUnavailable)(f"data plane {resp.status}: {message}")
                 got = 0
                 while got < length:
@@ -50,7 +59,7 @@ class HttpRangeClient:
                 if got != length or resp.read(1):
                     self._drop()
                     raise BlockUnavailable(f"short body for {path}@{offset}: {got} of {length} bytes")
-                return buf
+                return
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
                 self._drop()
                 if attempt:

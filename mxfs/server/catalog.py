@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mxfs.errors import ModelNotFound
-from mxfs.fileio import atomic_write
+from mxfs.fileio import atomic_write, path_under
 from mxfs.manifest.model import FileEntry, Manifest
 from mxfs.manifest.names import is_commit, validate_name, validate_relpath, validate_revision
+from mxfs.manifest.validate import validate_manifest
 from mxfs.origins.base import Origin
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ class ModelCatalog:
                 entry.last_used = time.time()
                 return entry.manifest
         origin = self._origin_for(name, kinds)
-        manifest = origin.resolve(name, revision, self.block_size)
+        manifest = validate_manifest(origin.resolve(name, revision, self.block_size), name, revision)
         with self._lock:
             known = self._entries.get((name, manifest.revision))
             self._entries[(name, manifest.revision)] = CatalogEntry(manifest, origin, time.time())
@@ -88,7 +89,7 @@ class ModelCatalog:
             entry = self._entries.get((name, revision))
         if entry is not None or not is_commit(revision):
             return entry
-        path = self._dir / name / f"{revision}.json"
+        path = path_under(self._dir, name, f"{revision}.json")
         if not path.exists():
             return None
         manifest = Manifest.from_json(path.read_bytes())
@@ -100,7 +101,7 @@ class ModelCatalog:
             return self._entries.setdefault((name, revision), CatalogEntry(manifest, origin, time.time()))
 
     def _persist(self, manifest: Manifest) -> None:
-        path = self._dir / manifest.name / f"{manifest.revision}.json"
+        path = path_under(self._dir, manifest.name, f"{manifest.revision}.json")
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, manifest.to_json())
 

@@ -34,12 +34,14 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
 from mxfs.config import ServerConfig
 from mxfs.errors import IntegrityError, ManifestError, SourceError
-from mxfs.fileio import atomic_write, pread_file
+from mxfs.fileio import atomic_write, path_under, pread_file
+from mxfs.manifest import hashing
 from mxfs.manifest.builder import hash_file, read_tensors
 from mxfs.manifest.model import FileEntry, Manifest
 from mxfs.manifest.names import validate_relpath
@@ -107,7 +109,7 @@ class ModelCache:
     # -- layout ------------------------------------------------------------------------------
 
     def dir(self, name: str, revision: str) -> Path:
-        return self.root / name / revision
+        return path_under(self.root, name, revision)
 
     def _manifest_path(self, name: str, revision: str, block_size: int) -> Path:
         return self.dir(name, revision) / f".mxfs-manifest-{block_size}.json"
@@ -229,19 +231,20 @@ class ModelCache:
             if not (final.is_file() and final.stat().st_size == f.size):
                 partial = base / ".partial" / f.path
                 self._download(source, snap, f, partial, progress, lost)
-                digests = hash_file(partial, block_size)
+                digests = hash_file(partial, block_size, hashing.DEFAULT)
                 _verify(f, partial, digests[0], snap)
                 final.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(partial, final)
             else:
                 progress.done += f.size
-                digests = hash_file(final, block_size)
+                digests = hash_file(final, block_size, hashing.DEFAULT)
             sha, blocks, size = digests
             tensors = read_tensors(final, size) if f.path.endswith(".safetensors") else ()
             entries.append(FileEntry(f.path, size, sha, blocks, tensors))
             progress.files_done += 1
         shutil.rmtree(base / ".partial", ignore_errors=True)
-        manifest = Manifest(snap.name, snap.revision, block_size, tuple(entries), snap.origin)
+        manifest = Manifest(snap.name, snap.revision, block_size, tuple(entries), snap.origin,
+                            block_hash=hashing.DEFAULT)
         path = self._manifest_path(snap.name, snap.revision, block_size)
         path.parent.mkdir(parents=True, exist_ok=True)  # a snapshot of lazy files only has no files/ yet
         atomic_write(path, manifest.to_json())
@@ -337,11 +340,18 @@ class ModelCache:
                   length: int) -> bytes:
         self._used(source, manifest)
         return self.blocks.read_range(entry, manifest.block_size, offset, length,
-                                      self.origin_reader(source, manifest, entry.path))
+                                      self.origin_reader(source, manifest, entry.path), manifest.block_hash)
+
+    def pinned_lazy_block(self, source: RemoteSource, manifest: Manifest, entry: FileEntry,
+                          index: int) -> AbstractContextManager[tuple[Path, int, int] | bytes]:
+        """A verified lazy block to send (see ``OriginBlocks.pinned_block``)."""
+        self._used(source, manifest)
+        return self.blocks.pinned_block(entry, manifest.block_size, index,
+                                        self.origin_reader(source, manifest, entry.path), manifest.block_hash)
 
     def block_hashes(self, source: RemoteSource, manifest: Manifest, entry: FileEntry, first: int, count: int,
                      lookahead: int) -> list[bytes]:
-        """Per-block sha256 of ``entry`` from block ``first`` (see ``OriginBlocks.block_hashes``)."""
+        """Block digests of ``entry`` from block ``first`` (see ``OriginBlocks.block_hashes``)."""
         if not entry.lazy:
             n = entry.block_count(manifest.block_size)
             if not 0 <= first < n:
@@ -349,7 +359,7 @@ class ModelCache:
             return list(entry.block_hashes[first: first + count + lookahead])
         self._used(source, manifest)
         return self.blocks.block_hashes(entry, manifest.block_size, first, count, lookahead,
-                                        self.origin_reader(source, manifest, entry.path))
+                                        self.origin_reader(source, manifest, entry.path), manifest.block_hash)
 
     def ensure_all(self, source: RemoteSource, snap: Snapshot, block_size: int) -> Manifest:
         """``ensure`` and then every lazy block on the server too (ModelExpress semantics)."""
@@ -370,7 +380,8 @@ class ModelCache:
                 progress.done += n
 
             for f in lazy:
-                self.blocks.fill(f, block_size, self.origin_reader(source, manifest, f.path), window, advance)
+                self.blocks.fill(f, block_size, self.origin_reader(source, manifest, f.path), window, advance,
+                                 algorithm=manifest.block_hash)
                 progress.files_done += 1
         finally:
             with self._lock:
@@ -477,6 +488,27 @@ class HydratingOrigin:
     def block_hashes(self, manifest: Manifest, path: str, first: int, count: int, lookahead: int) -> list[bytes]:
         entry = manifest.file(validate_relpath(path))
         return self.cache.block_hashes(self.source, manifest, entry, first, count, lookahead)
+
+    def local_file(self, manifest: Manifest, path: str) -> Path | None:
+        """The server's own copy of a hydrated (not lazy) file, for ``sendfile``."""
+        entry = manifest.file(validate_relpath(path))
+        if entry.lazy:
+            return None
+        local = self.cache.dir(manifest.name, manifest.revision) / "files" / path
+        if not local.is_file():  # evicted: hydrate it again
+            self.cache.ensure(self.source, self.source.snapshot(manifest.name, manifest.revision),
+                              manifest.block_size)
+        self.cache.touch(manifest.name, manifest.revision)
+        return local
+
+    def lazy_block(self, manifest: Manifest, path: str, index: int
+                   ) -> AbstractContextManager[tuple[Path, int, int] | bytes] | None:
+        """For a lazy file: its verified block ``index`` to send (pinned while the context
+        is open), as (stored blob, offset, length) or bytes. None for a file on disk."""
+        entry = manifest.file(validate_relpath(path))
+        if not entry.lazy:
+            return None
+        return self.cache.pinned_lazy_block(self.source, manifest, entry, index)
 
     def read_range(self, manifest: Manifest, path: str, offset: int, length: int) -> bytes:
         entry = manifest.file(validate_relpath(path))

@@ -25,13 +25,15 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from pathlib import Path
 
 from mxfs.cache.blocks import BlockCache
 from mxfs.cache.memory import HotBlocks
 from mxfs.errors import IntegrityError
+from mxfs.manifest import hashing
 from mxfs.manifest.model import BlockKey, FileEntry
 from mxfs.origins.remote import OriginUnavailable
 
@@ -45,7 +47,11 @@ OriginRead = Callable[[int, int], bytes]
 
 
 class BlockHashStore:
-    """Persistent map BlockKey -> sha256 digest (sqlite, WAL), with an in-memory front."""
+    """Persistent map (BlockKey, algorithm) -> block digest (sqlite, WAL), with an in-memory front.
+
+    Digests are stored under the file id for sha256 (as before the algorithm was recorded)
+    and under ``<file id>:<algorithm>`` for any other algorithm.
+    """
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -57,40 +63,50 @@ class BlockHashStore:
         self._db.execute("CREATE TABLE IF NOT EXISTS verified (file TEXT, block_size INTEGER, "
                          "PRIMARY KEY (file, block_size)) WITHOUT ROWID")
         self._lock = threading.Lock()
-        self._mem: dict[BlockKey, bytes] = {}
+        self._mem: dict[tuple[str, int, int], bytes] = {}
 
-    def get(self, key: BlockKey) -> bytes | None:
-        return self.get_range(key.sha256, key.block_size, key.index, key.index + 1).get(key.index)
+    @staticmethod
+    def _file(sha256: str, algorithm: str) -> str:
+        return sha256 if algorithm == hashing.SHA256 else f"{sha256}:{algorithm}"
 
-    def get_range(self, sha256: str, block_size: int, start: int, end: int) -> dict[int, bytes]:
+    def get(self, key: BlockKey, algorithm: str = hashing.LEGACY) -> bytes | None:
+        return self.get_range(key.sha256, key.block_size, key.index, key.index + 1, algorithm).get(key.index)
+
+    def get_range(self, sha256: str, block_size: int, start: int, end: int,
+                  algorithm: str = hashing.LEGACY) -> dict[int, bytes]:
         """Known digests of blocks ``[start, end)`` by index."""
+        file = self._file(sha256, algorithm)
         out: dict[int, bytes] = {}
         with self._lock:
             for i in range(start, end):
-                d = self._mem.get(BlockKey(sha256, block_size, i))
+                d = self._mem.get((file, block_size, i))
                 if d is not None:
                     out[i] = d
             if len(out) == end - start:
                 return out
             rows = self._db.execute(
                 "SELECT idx, digest FROM hashes WHERE file=? AND block_size=? AND idx>=? AND idx<?",
-                (sha256, block_size, start, end)).fetchall()
+                (file, block_size, start, end)).fetchall()
             for i, d in rows:
                 out[i] = bytes(d)
-                self._mem[BlockKey(sha256, block_size, i)] = bytes(d)
+                self._mem[(file, block_size, i)] = bytes(d)
         return out
 
-    def put(self, key: BlockKey, digest: bytes) -> None:
+    def put(self, key: BlockKey, digest: bytes, algorithm: str = hashing.LEGACY) -> None:
+        file = self._file(key.sha256, algorithm)
         with self._lock:
-            self._mem[key] = digest
+            self._mem[(file, key.block_size, key.index)] = digest
             self._db.execute("INSERT OR REPLACE INTO hashes VALUES (?, ?, ?, ?)",
-                             (key.sha256, key.block_size, key.index, digest))
+                             (file, key.block_size, key.index, digest))
 
     def forget_file(self, sha256: str, block_size: int) -> None:
+        """Forget every digest of a file, under every algorithm."""
+        files = [self._file(sha256, a) for a in hashing.ALGORITHMS]
         with self._lock:
-            for k in [k for k in self._mem if k.sha256 == sha256 and k.block_size == block_size]:
+            for k in [k for k in self._mem if k[0] in files and k[1] == block_size]:
                 del self._mem[k]
-            self._db.execute("DELETE FROM hashes WHERE file=? AND block_size=?", (sha256, block_size))
+            for file in files:
+                self._db.execute("DELETE FROM hashes WHERE file=? AND block_size=?", (file, block_size))
             self._db.execute("DELETE FROM verified WHERE file=? AND block_size=?", (sha256, block_size))
 
     def is_verified(self, sha256: str, block_size: int) -> bool:
@@ -108,7 +124,14 @@ class BlockHashStore:
 
 
 class OriginBlocks:
-    """The server's store of lazily fetched origin blocks (thread-safe, blocking calls)."""
+    """The server's store of lazily fetched origin blocks (thread-safe, blocking calls).
+
+    Every method takes the block hash ``algorithm`` of the manifest it serves. A block is
+    hashed when it arrives from the origin and once more when this process first reads it
+    back from the store (the store may be shared or damaged); after that it is served as
+    stored, with ``sendfile`` where the caller can (``pinned_block``): nodes verify every
+    block they receive, so the server does not hash a block again on every serve.
+    """
 
     def __init__(self, root: Path, pool: ThreadPoolExecutor, limit_bytes: int,
                  on_origin_bytes: Callable[[int], None] | None = None) -> None:
@@ -116,25 +139,44 @@ class OriginBlocks:
         self.store = BlockCache(self.root / "blocks", limit_bytes)
         self.hashes = BlockHashStore(self.root / "block-hashes.sqlite3")
         self.hot = HotBlocks(HOT_BYTES)
+        self.hashed = 0  # blocks hashed by this process (origin reads + store checks), for tests
         self._pool = pool
         self._on_origin_bytes = on_origin_bytes or (lambda _n: None)
         self._lock = threading.Lock()
         self._flights: dict[BlockKey, Future[bytes]] = {}
+        self._checked: set[tuple[BlockKey, str]] = set()  # stored bytes known to match their digest
+        self.store.listeners.append(self._on_store_change)
+
+    def _on_store_change(self, added: list[BlockKey], removed: list[BlockKey]) -> None:
+        if removed:
+            with self._lock:
+                for key in removed:
+                    for algorithm in hashing.ALGORITHMS:
+                        self._checked.discard((key, algorithm))
+
+    def _digest(self, algorithm: str, data: bytes) -> bytes:
+        self.hashed += 1
+        return hashing.block_digest(algorithm, data)
 
     # -- one block ------------------------------------------------------------------------
 
-    def block(self, entry: FileEntry, block_size: int, index: int, read: OriginRead) -> bytes:
+    def block(self, entry: FileEntry, block_size: int, index: int, read: OriginRead,
+              algorithm: str = hashing.LEGACY) -> bytes:
         """Verified bytes of block ``index`` (from memory, the store, or the origin)."""
         key = entry.key(index, block_size)
-        data = self.hot.get(key)
-        if data is not None:
-            return bytes(data)
         offset, length = entry.block_span(index, block_size)
-        known = self.hashes.get(key)
+        known = self.hashes.get(key, algorithm)  # None: never hashed under this algorithm, read the origin
         if known is not None:
+            data = self.hot.get(key)
+            if data is not None:
+                return bytes(data)
             data = self.store.read(key, length)
             if data is not None:
-                if hashlib.sha256(data).digest() == known:
+                with self._lock:
+                    checked = (key, algorithm) in self._checked
+                if checked or self._digest(algorithm, data) == known:
+                    with self._lock:
+                        self._checked.add((key, algorithm))
                     self.hot.put(key, data)
                     return data
                 log.warning("stored origin block %s is corrupt; reading it from the origin again", key)
@@ -149,16 +191,16 @@ class OriginBlocks:
             return flight.result()
         try:
             data = self._from_origin(read, offset, length, key)
-            digest = hashlib.sha256(data).digest()
+            digest = self._digest(algorithm, data)
             if known is not None and digest != known:
                 raise IntegrityError(f"origin block {key} of {entry.path} changed: its bytes no longer match "
                                      "the hash recorded when it was first read")
-            try:
+            try:  # not marked checked: the first read back from the store verifies what landed on disk
                 self.store.put(key, data)
             except OSError as exc:  # e.g. ENOSPC: the bytes are still served
                 log.warning("cannot store origin block %s: %s", key, exc)
             if known is None:
-                self.hashes.put(key, digest)
+                self.hashes.put(key, digest, algorithm)
             self.hot.put(key, data)
             flight.set_result(data)
             return data
@@ -168,6 +210,29 @@ class OriginBlocks:
         finally:
             with self._lock:
                 self._flights.pop(key, None)
+
+    @contextmanager
+    def pinned_block(self, entry: FileEntry, block_size: int, index: int, read: OriginRead,
+                     algorithm: str = hashing.LEGACY) -> Iterator[tuple[Path, int, int] | bytes]:
+        """(blob path, offset, length) of a verified stored block, pinned (not evicted) while
+        the caller sends it; or the verified bytes when the store could not keep them."""
+        key = entry.key(index, block_size)
+        self.store.pin(key)
+        try:
+            with self._lock:
+                checked = (key, algorithm) in self._checked
+            data = None
+            if not (checked and self.store.contains(key)):
+                data = self.block(entry, block_size, index, read, algorithm)
+                with self._lock:
+                    checked = (key, algorithm) in self._checked
+            if checked and self.store.contains(key):
+                offset, length = entry.block_span(index, block_size)
+                yield self.store.blob_path(key.sha256), offset, length
+            else:
+                yield data if data is not None else self.block(entry, block_size, index, read, algorithm)
+        finally:
+            self.store.unpin(key)
 
     def _from_origin(self, read: OriginRead, offset: int, length: int, key: BlockKey) -> bytes:
         for attempt in range(READ_RETRIES):
@@ -187,15 +252,15 @@ class OriginBlocks:
     # -- many blocks ----------------------------------------------------------------------
 
     def blocks(self, entry: FileEntry, block_size: int, indices: Iterable[int], read: OriginRead,
-               keep: bool = True) -> dict[int, bytes]:
+               keep: bool = True, algorithm: str = hashing.LEGACY) -> dict[int, bytes]:
         """Verified bytes of several blocks, the missing ones read from the origin in parallel.
 
         ``keep=False`` returns nothing (the blocks are only made present).
         """
         todo = list(indices)
         if len(todo) <= 1:
-            return {i: self.block(entry, block_size, i, read) for i in todo}
-        futures = {i: self._pool.submit(self.block, entry, block_size, i, read) for i in todo}
+            return {i: self.block(entry, block_size, i, read, algorithm) for i in todo}
+        futures = {i: self._pool.submit(self.block, entry, block_size, i, read, algorithm) for i in todo}
         done, pending = wait(futures.values(), return_when=FIRST_EXCEPTION)
         for fut in pending:
             fut.cancel()
@@ -204,14 +269,15 @@ class OriginBlocks:
             fut.result()  # raise the first failure
         return {i: fut.result() for i, fut in futures.items()} if keep else {}
 
-    def read_range(self, entry: FileEntry, block_size: int, offset: int, length: int, read: OriginRead) -> bytes:
+    def read_range(self, entry: FileEntry, block_size: int, offset: int, length: int, read: OriginRead,
+                   algorithm: str = hashing.LEGACY) -> bytes:
         """Bytes ``[offset, offset+length)`` of a lazy file, block by block."""
         indices = entry.blocks_for(offset, length, block_size)
         if len(indices) == 1 and offset == indices[0] * block_size:
-            data = self.block(entry, block_size, indices[0], read)  # a node's whole-block read: no copy
+            data = self.block(entry, block_size, indices[0], read, algorithm)  # a whole-block read: no copy
             if len(data) == length:
                 return data
-        got = self.blocks(entry, block_size, indices, read)
+        got = self.blocks(entry, block_size, indices, read, algorithm=algorithm)
         out = bytearray()
         end = offset + length
         for i in indices:
@@ -221,7 +287,7 @@ class OriginBlocks:
         return bytes(out)
 
     def block_hashes(self, entry: FileEntry, block_size: int, first: int, count: int, lookahead: int,
-                     read: OriginRead) -> list[bytes]:
+                     read: OriginRead, algorithm: str = hashing.LEGACY) -> list[bytes]:
         """Hashes of ``[first, first+count)`` (reading unknown blocks from the origin), then up
         to ``lookahead`` more that are already known (``b""`` for unknown ones)."""
         n = entry.block_count(block_size)
@@ -229,11 +295,11 @@ class OriginBlocks:
             raise ValueError(f"blocks {first}+{count} outside {entry.path} ({n} blocks)")
         end = min(n, first + count)
         stop = min(n, end + max(0, lookahead))
-        known = self.hashes.get_range(entry.sha256, block_size, first, stop)
+        known = self.hashes.get_range(entry.sha256, block_size, first, stop, algorithm)
         missing = [i for i in range(first, end) if i not in known]
         if missing:
-            self.blocks(entry, block_size, missing, read, keep=False)
-            known.update(self.hashes.get_range(entry.sha256, block_size, first, end))
+            self.blocks(entry, block_size, missing, read, keep=False, algorithm=algorithm)
+            known.update(self.hashes.get_range(entry.sha256, block_size, first, end, algorithm))
         out = [known.get(i, b"") for i in range(first, stop)]
         if not all(out[: end - first]):
             raise IntegrityError(f"hashes of {entry.path} blocks {first}..{end - 1} were not recorded")
@@ -242,7 +308,8 @@ class OriginBlocks:
     # -- whole files ----------------------------------------------------------------------
 
     def fill(self, entry: FileEntry, block_size: int, read: OriginRead, window: int,
-             advance: Callable[[int], None], lost: Callable[[], bool] = lambda: False) -> None:
+             advance: Callable[[int], None], lost: Callable[[], bool] = lambda: False,
+             algorithm: str = hashing.LEGACY) -> None:
         """Make every block of ``entry`` present (``window`` blocks in flight), then verify it."""
         n = entry.block_count(block_size)
         for start in range(0, n, window):
@@ -250,18 +317,20 @@ class OriginBlocks:
                 raise IntegrityError(f"gave up filling {entry.path}: the download lease was lost")
             idx = range(start, min(n, start + window))
             present = [i for i in idx if self.store.contains(entry.key(i, block_size))
-                       and self.hashes.get(entry.key(i, block_size)) is not None]
-            self.blocks(entry, block_size, [i for i in idx if i not in present], read, keep=False)
+                       and self.hashes.get(entry.key(i, block_size), algorithm) is not None]
+            self.blocks(entry, block_size, [i for i in idx if i not in present], read, keep=False,
+                        algorithm=algorithm)
             advance(sum(entry.block_span(i, block_size)[1] for i in idx))
-        self.verify_file(entry, block_size, read)
+        self.verify_file(entry, block_size, read, algorithm)
 
-    def verify_file(self, entry: FileEntry, block_size: int, read: OriginRead) -> None:
+    def verify_file(self, entry: FileEntry, block_size: int, read: OriginRead,
+                    algorithm: str = hashing.LEGACY) -> None:
         """Check a fully present file against its published digest; on mismatch forget it."""
         if not entry.digest_verified or self.hashes.is_verified(entry.sha256, block_size):
             return
         h = hashlib.sha256()
         for i in range(entry.block_count(block_size)):
-            h.update(self.block(entry, block_size, i, read))
+            h.update(self.block(entry, block_size, i, read, algorithm))
         if h.hexdigest() != entry.sha256:
             self.discard_file(entry, block_size, forget_hashes=True)
             raise IntegrityError(f"{entry.path}: the origin's bytes hash to {h.hexdigest()}, "

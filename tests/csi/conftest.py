@@ -113,4 +113,5 @@ def csi_mxfs(mxfs_mount, tmp_path: Path, short_tmp: Path) -> Iterator[Csi]:
     mount = NodeMountFixture(mxfs_mount.mountpoint, mxfs_mount.models_dir, mxfs_mount.model)
     for csi in _serve(mount, tmp_path, short_tmp):
         csi.daemon = mxfs_mount.daemon
+        csi.server = mxfs_mount.server
         yield csi

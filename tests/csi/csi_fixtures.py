@@ -48,6 +48,7 @@ class Csi:
     node: csi_pb2_grpc.NodeStub
     mount: NodeMountFixture
     daemon: Any = None  # the node daemon process, when the mount is a real mxfs mount
+    server: Any = None  # its server process, likewise
 
 
 def write_model(root: Path, seed: int) -> None:

@@ -200,3 +200,35 @@ def test_unpublish_after_the_node_mount_went_away(csi: Csi, tmp_path: Path) -> N
         csi.node.NodePublishVolume(publish_request(tmp_path / "new", csi.mount.model), timeout=30)
     unpublish(csi, target)
     assert not target.exists()
+
+
+def test_hydrate_attribute_publishes_only_a_fully_local_model(csi_mxfs: Csi, tmp_path: Path) -> None:
+    from mxfs import nodectl
+
+    target = tmp_path / "pod" / "volumes" / "model"
+    target.parent.mkdir(parents=True)
+    bad = publish_request(target, csi_mxfs.mount.model,
+                          volume_context={"model": csi_mxfs.mount.model, "hydrate": "maybe"})
+    with pytest.raises(grpc.RpcError) as err:
+        csi_mxfs.node.NodePublishVolume(bad, timeout=30)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and not entries_at(target)
+    request = publish_request(target, csi_mxfs.mount.model,
+                              volume_context={"model": csi_mxfs.mount.model, "hydrate": "true"})
+    csi_mxfs.node.NodePublishVolume(request, timeout=120)
+    m = next(m for m in nodectl.status(csi_mxfs.mount.mountpoint).models if m.name == csi_mxfs.mount.model)
+    assert m.complete_files == m.files > 0 and m.cached_bytes == m.total_bytes  # local before the pod sees it
+    assert tree_digest(target) == tree_digest(csi_mxfs.mount.models_dir / csi_mxfs.mount.model)
+    unpublish(csi_mxfs, target)
+
+
+def test_hydrate_attribute_refuses_to_publish_while_the_model_cannot_be_hydrated(csi_mxfs: Csi,
+                                                                                  tmp_path: Path) -> None:
+    target = tmp_path / "pod" / "volumes" / "model"
+    target.parent.mkdir(parents=True)
+    csi_mxfs.server.stop(kill=True)  # the daemon stays up; its server goes away
+    request = publish_request(target, csi_mxfs.mount.model,
+                              volume_context={"model": csi_mxfs.mount.model, "hydrate": "true"})
+    with pytest.raises(grpc.RpcError) as err:
+        csi_mxfs.node.NodePublishVolume(request, timeout=60)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value.details()
+    assert not entries_at(target)

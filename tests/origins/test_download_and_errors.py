@@ -12,6 +12,7 @@ import trio
 
 from mxfs.errors import BlockUnavailable, InvalidModelName, ModelNotFound, OriginDenied
 from mxfs.fetch.origin import OriginTier
+from mxfs.manifest.hashing import block_digest
 from mxfs.manifest.names import hub_folder
 from mxfs.origins.objstore import ObjectStoreSource, S3Store
 from mxfs.origins.uri import name_for_uri, open_source, parse_binding, parse_origin_uri
@@ -103,7 +104,7 @@ def test_origin_tier_reads_verified_blocks_directly(s3_env, s3_model, inproc_ser
     async def main() -> None:
         tier = OriginTier.from_uris([s3_model], trio.CapacityLimiter(4))
         data = await tier.fetch(manifest, entry, 1)
-        assert hashlib.sha256(data).digest() == entry.block_hashes[1]
+        assert block_digest(manifest.block_hash, data) == entry.block_hashes[1]
         other = OriginTier.from_uris(["s3://other/zoo"], trio.CapacityLimiter(4))
         with pytest.raises(BlockUnavailable, match="cannot reach directly"):
             await other.fetch(manifest, entry, 0)

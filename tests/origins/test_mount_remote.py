@@ -8,7 +8,6 @@ metric and by the HF endpoint's own byte counters), a full read moves every byte
 
 from __future__ import annotations
 
-import hashlib
 import os
 import struct
 from collections.abc import Callable
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from mxfs.manifest.builder import read_tensors
+from mxfs.manifest.hashing import block_digest
 from mxfs.rpc.client import MxfsClient
 from tests.conftest import BLOCK_SIZE, MODEL, sha256_file
 
@@ -114,7 +114,8 @@ def test_s3_model_mounts_lazily_and_reads_back_exactly(s3_env, s3_model, server_
     client = MxfsClient(server.address)
     hashes = client.block_hashes(MODEL, manifest.revision, entry.path, first, 2)
     data = (origin_dir / entry.path).read_bytes()
-    assert hashes == [hashlib.sha256(data[i * BLOCK_SIZE:(i + 1) * BLOCK_SIZE]).digest() for i in (first, first + 1)]
+    assert hashes == [block_digest(manifest.block_hash, data[i * BLOCK_SIZE:(i + 1) * BLOCK_SIZE])
+                      for i in (first, first + 1)]
     assert server.metric(ORIGIN) == 0
     client.close()
 
@@ -142,7 +143,7 @@ def test_block_hashes_on_demand_single_flight_and_ensure(s3_env, s3_model, inpro
     entry = max(manifest.files, key=lambda f: f.size)
     assert entry.lazy
     data = (models_dir / MODEL / entry.path).read_bytes()
-    digest = [hashlib.sha256(data[i:i + BLOCK_SIZE]).digest() for i in range(0, len(data), BLOCK_SIZE)]
+    digest = [block_digest(manifest.block_hash, data[i:i + BLOCK_SIZE]) for i in range(0, len(data), BLOCK_SIZE)]
 
     results: list[list[bytes]] = []
     threads = [threading.Thread(target=lambda: results.append(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import urllib.error
 import urllib.request
 
@@ -10,6 +9,7 @@ import grpc
 import pytest
 
 from mxfs.errors import InvalidModelName, ModelNotFound
+from mxfs.manifest.hashing import block_digest
 from mxfs.rpc import model_express_health_pb2, model_express_health_pb2_grpc, mxfs_pb2, mxfs_pb2_grpc
 from mxfs.rpc.client import MxfsClient
 from mxfs.rpc.fastchunk import decode_chunk, encode_chunk
@@ -45,7 +45,7 @@ def test_manifest_and_grpc_range_match_origin(server, models_dir):
     data = (models_dir / MODEL / f.path).read_bytes()
     got = client.read_range(m.name, m.revision, f.path, 1000, 700_000)
     assert bytes(got) == data[1000:701_000]
-    assert hashlib.sha256(data[: m.block_size]).digest() == f.block_hashes[0]
+    assert m.block_hash == "blake3" and block_digest(m.block_hash, data[: m.block_size]) == f.block_hashes[0]
     assert client.get_manifest(MODEL, m.revision) == m
     with pytest.raises(ModelNotFound):
         client.get_manifest(MODEL, "f" * 40)

@@ -47,6 +47,7 @@ class HubEndpoint:
         self.bytes_sent: Counter[str] = Counter()  # path -> body bytes sent by resolve/cdn
         self.requests: Counter[str] = Counter()
         self.cut_after: dict[str, int] = {}  # path -> bytes to send before dropping the connection
+        self.sibling_patch: dict[tuple[str, str], dict] = {}  # (repo, path) -> fields a hostile Hub lies about
         self._lock = threading.Lock()
         self._httpd: ThreadingHTTPServer | None = None
 
@@ -165,6 +166,8 @@ class _Handler(BaseHTTPRequestHandler):
             sib = {"rfilename": rel, "size": len(data), "blobId": _git_blob_id(data)}
             if _is_lfs(rel, data):
                 sib["lfs"] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data), "pointerSize": 134}
+            for key, value in self.endpoint.sibling_patch.get((name, rel), {}).items():
+                sib[key] = {**sib.get(key, {}), **value} if isinstance(value, dict) else value
             siblings.append(sib)
         doc = {"_id": commit[:24], "id": name, "modelId": name, "sha": commit, "private": bool(repo.token),
                "gated": "manual" if repo.gated else False, "disabled": False, "downloads": 0, "likes": 0,

@@ -1,0 +1,256 @@
+"""Hydration: whole files into their cache blobs, many blocks at once, each verified once.
+
+For each file that is not yet complete the engine preallocates the blob
+(``posix_fallocate``: its space is one run of extents, and no later write can fail
+for space), maps it, and fetches the missing blocks in parallel through the chain's
+tiers (peers, origin, server), each received straight into its place in the mapping
+(``ServerTier.fetch_into``: the HTTP body is read into the mapped pages, no Python
+copy), or copied there once from a tier that returns bytes. A block is hashed once,
+where it lies, and only then indexed; when every block is indexed the blob is synced
+and the file recorded complete (``BlockCache.mark_complete``): the FUSE layer may then
+hand the blob to the kernel (passthrough).
+
+Failure never looks like completion: a block that failed its hash or never arrived is
+not indexed, so the file is not complete; a blob the filesystem cannot preallocate
+(ENOSPC) is never written through the mapping (a write into an unbacked mapped page
+would kill the daemon with SIGBUS) — ENOSPC fails the file; a filesystem without
+``fallocate`` support falls back to the chain's ordinary writes.
+
+Concurrent readers of a block being hydrated wait for it through the chain's single
+flight (``FetchChain.claim``) and then read it from the cache.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import math
+import mmap
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from mxfs.errors import BlockUnavailable, MxfsError, SourceError
+from mxfs.fetch.chain import FetchChain
+from mxfs.fetch.threads import in_thread
+from mxfs.manifest.hashing import block_ok
+from mxfs.manifest.model import FileEntry, Manifest
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONCURRENCY = 8
+
+
+class CacheFull(MxfsError):
+    """The node cache has no room for a file being hydrated."""
+
+
+@dataclass
+class Progress:
+    """Bytes hydrated so far (thread-safe reads through ``snapshot``)."""
+
+    total_bytes: int = 0
+    done_bytes: int = 0
+    total_blocks: int = 0
+    done_blocks: int = 0
+    complete_files: int = 0
+    files: int = 0
+    started: float = field(default_factory=time.monotonic)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def advance(self, nbytes: int, blocks: int = 1) -> None:
+        with self.lock:
+            self.done_bytes += nbytes
+            self.done_blocks += blocks
+
+    def rate(self) -> float:
+        """Bytes per second since the start."""
+        return self.done_bytes / max(1e-6, time.monotonic() - self.started)
+
+    def eta_s(self) -> float:
+        rate = self.rate()
+        return (self.total_bytes - self.done_bytes) / rate if rate > 0 else math.inf
+
+
+class Hydrator:
+    """Fills the cache blobs of whole files through ``chain`` (see the module docstring)."""
+
+    def __init__(self, chain: FetchChain, concurrency: int = DEFAULT_CONCURRENCY,
+                 limiter: trio.CapacityLimiter | None = None) -> None:
+        self.chain = chain
+        self.cache = chain.cache
+        self.concurrency = max(1, concurrency)
+        self.limiter = limiter  # shared with readahead so foreground reads keep priority
+        self.in_place_blocks = 0  # blocks received into their blob (for tests and metrics)
+
+    async def hydrate(self, manifest: Manifest, progress: Progress | None = None,
+                      on_file: Callable[[FileEntry], None] | None = None) -> list[str]:
+        """Hydrate every file of ``manifest``; returns the paths that did not complete (the
+        first error of each is logged). ``on_file`` is called for each file completed."""
+        progress = progress or Progress()
+        with progress.lock:
+            progress.total_bytes = manifest.total_size
+            progress.total_blocks = manifest.total_blocks
+            progress.files = len(manifest.files)
+        failed: list[str] = []
+        for entry in sorted(manifest.files, key=lambda f: f.size):  # configs first: a loader starts sooner
+            try:
+                await self.hydrate_file(manifest, entry, progress)
+            except MxfsError as exc:
+                log.warning("hydration of %s/%s failed: %s", manifest.name, entry.path, exc)
+                failed.append(f"{entry.path}: {exc}")
+                continue
+            with progress.lock:
+                progress.complete_files += 1
+            if on_file is not None:
+                on_file(entry)
+        return failed
+
+    async def hydrate_file(self, manifest: Manifest, entry: FileEntry, progress: Progress | None = None) -> None:
+        """Every block of ``entry`` verified in its blob and the file recorded complete, or raise."""
+        progress = progress or Progress()
+        bs = manifest.block_size
+        if entry.size == 0 or await in_thread(self.cache.is_complete, entry, bs):
+            progress.advance(entry.size, entry.block_count(bs))
+            return
+        missing = [i for i in range(entry.block_count(bs)) if not self.cache.contains(entry.key(i, bs))]
+        have = entry.size - sum(entry.block_span(i, bs)[1] for i in missing)
+        progress.advance(have, entry.block_count(bs) - len(missing))
+        if missing:
+            try:
+                fd = await in_thread(self.cache.prepare_blob, entry)
+            except OSError as exc:
+                if exc.errno == errno.ENOSPC:
+                    await in_thread(self.cache.remove_blob_if_unused, entry, bs)
+                    raise CacheFull(f"no space for {entry.path} ({entry.size} bytes) in the node cache") from exc
+                log.info("cannot preallocate %s (%s): hydrating through ordinary writes", entry.path, exc)
+                await self._through_chain(manifest, entry, missing, progress)
+            else:
+                try:
+                    await self._in_place(manifest, entry, missing, fd, progress)
+                finally:
+                    os.close(fd)
+        if not await in_thread(self.cache.mark_complete, entry, bs):
+            raise BlockUnavailable(f"{entry.path}: blocks left the cache while it was hydrated")
+
+    # -- the two ways to fill a blob ----------------------------------------------------------
+
+    async def _through_chain(self, manifest: Manifest, entry: FileEntry, missing: list[int],
+                             progress: Progress) -> None:
+        async def one(index: int) -> None:
+            await self.chain.block(manifest, entry, index)
+            progress.advance(entry.block_span(index, manifest.block_size)[1])
+
+        await self._each(missing, one)
+        await self.chain.drain()
+
+    async def _in_place(self, manifest: Manifest, entry: FileEntry, missing: list[int], fd: int,
+                        progress: Progress) -> None:
+        mapping = mmap.mmap(fd, entry.size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        try:
+            async def one(index: int) -> None:
+                offset, length = entry.block_span(index, manifest.block_size)
+                with memoryview(mapping)[offset:offset + length] as view:
+                    await self._block_in_place(manifest, entry, index, view)
+                progress.advance(length)
+
+            await self._each(missing, one)
+        finally:
+            mapping.close()
+
+    async def _each(self, indices: list[int], fn: Callable) -> None:
+        """``fn(i)`` for every index, ``concurrency`` at a time; the first error cancels the rest."""
+        queue = iter(indices)
+        errors: list[MxfsError] = []
+
+        async def worker(scope: trio.CancelScope) -> None:
+            try:
+                for index in queue:
+                    if self.limiter is not None:
+                        async with self.limiter:
+                            await fn(index)
+                    else:
+                        await fn(index)
+            except MxfsError as exc:
+                errors.append(exc)
+                scope.cancel()
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(min(self.concurrency, len(indices))):
+                nursery.start_soon(worker, nursery.cancel_scope)
+        if errors:
+            raise errors[0]
+
+    # -- one block ----------------------------------------------------------------------------
+
+    async def _block_in_place(self, manifest: Manifest, entry: FileEntry, index: int, view: memoryview) -> None:
+        key = entry.key(index, manifest.block_size)
+        if self.cache.contains(key):
+            return
+        flight = self.chain.claim(key)
+        if flight is None:  # a reader is fetching it now: it lands in the cache through the chain
+            await self.chain.block(manifest, entry, index)
+            return
+        self.cache.pin(key)
+        try:
+            expected = await self.chain.expected(manifest, entry, index)
+            if self.chain.hashes is not None and entry.lazy:
+                entry = self.chain.hashes.view(manifest, entry)  # tiers that verify need the hashes
+            if not await in_thread(self.cache.reserve, len(view)):
+                raise CacheFull(f"node cache full (all pinned): cannot hydrate {entry.path}")
+            await self._receive(manifest, entry, index, view, expected)
+            await in_thread(self.cache.commit, key, len(view))
+        finally:
+            self.cache.unpin(key)
+            self.chain.release(key, flight)
+
+    async def _receive(self, manifest: Manifest, entry: FileEntry, index: int, view: memoryview,
+                       expected: bytes) -> None:
+        """Try the chain's tiers in order until one puts verified bytes into ``view``."""
+        algorithm = manifest.block_hash
+        errors: list[str] = []
+        for tier in self.chain.tiers:
+            start = time.monotonic()
+            try:
+                with trio.fail_after(self.chain.timeout_s):
+                    fetch_into = getattr(tier, "fetch_into", None)
+                    if fetch_into is not None:
+                        await fetch_into(manifest, entry, index, view)
+                        ok = await in_thread(block_ok, algorithm, view, expected)
+                    else:
+                        data = await tier.fetch(manifest, entry, index)
+                        ok = await in_thread(_copy_checked, view, data, algorithm, expected,
+                                             getattr(tier, "verifies", False))
+            except trio.TooSlowError:
+                self.chain.stats.failed(tier.name, "timeout")
+                errors.append(f"{tier.name}: timed out")
+                continue
+            except (BlockUnavailable, SourceError) as exc:
+                self.chain.stats.failed(tier.name, type(exc).__name__)
+                errors.append(f"{tier.name}: {exc}")
+                continue
+            if not ok:
+                self.chain.stats.bad_hash(tier.name)
+                tier.quarantine(manifest, entry, index)
+                log.warning("block %d of %s from %s failed verification; skipping tier", index, entry.path, tier.name)
+                errors.append(f"{tier.name}: bad bytes")
+                continue
+            self.chain.stats.got(tier.name, len(view), time.monotonic() - start)
+            if fetch_into is not None:
+                self.in_place_blocks += 1
+            return
+        raise BlockUnavailable(f"block {index} of {manifest.name}/{entry.path} unavailable: "
+                               + "; ".join(errors or ["no tiers"]))
+
+
+def _copy_checked(view: memoryview, data: bytes | bytearray, algorithm: str, expected: bytes,
+                  verified: bool) -> bool:
+    """Verify ``data`` (unless its tier did) and copy it into its place (a worker thread)."""
+    if len(data) != len(view) or not (verified or block_ok(algorithm, data, expected)):
+        return False
+    view[:] = data
+    return True

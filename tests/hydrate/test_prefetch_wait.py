@@ -1,0 +1,48 @@
+"""``mxfs prefetch --wait`` through a real mount and a real server."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from mxfs import nodectl
+from tests.conftest import MODEL, sha256_file
+
+
+def _prefetch(model, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, MXFS_LOG_FORMAT="json")
+    return subprocess.run([sys.executable, "-m", "mxfs", "prefetch", str(model), *args],
+                          capture_output=True, text=True, timeout=120, env=env)
+
+
+def test_prefetch_wait_hydrates_every_file_complete(start_server, start_mount, origin_hashes):
+    server = start_server()
+    daemon = start_mount(server)
+    model = daemon.mountpoint / MODEL
+    out = _prefetch(model, "--wait")
+    assert out.returncode == 0, out.stderr + daemon.log()[-3000:]
+    assert "complete" in out.stdout
+    lines = [json.loads(line) for line in out.stderr.splitlines() if line.startswith("{")]
+    progress = [d for d in lines if "done_bytes" in d]
+    assert progress and progress[-1]["done_bytes"] == progress[-1]["total_bytes"] > 0
+    assert {"rate_bytes_s", "eta_s", "model"} <= set(progress[-1])
+    m = next(m for m in nodectl.status(daemon.mountpoint).models if m.name == MODEL)
+    assert m.complete_files == m.files == len(origin_hashes) and m.cached_bytes == m.total_bytes
+    served = server.metric("mxfs_server_bytes_served_total")
+    for rel, digest in origin_hashes.items():
+        assert sha256_file(model / rel) == digest
+    assert server.metric("mxfs_server_bytes_served_total") == served  # every read was local
+    assert _prefetch(model, "--wait").returncode == 0  # already complete: nothing to do, still success
+
+
+def test_prefetch_wait_fails_when_the_server_vanishes(start_server, start_mount):
+    server = start_server()
+    daemon = start_mount(server)
+    server.stop(kill=True)
+    out = _prefetch(daemon.mountpoint / MODEL, "--wait")
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "not hydrated" in out.stderr or "not every file" in out.stderr
+    m = next(m for m in nodectl.status(daemon.mountpoint).models if m.name == MODEL)
+    assert m.complete_files < m.files

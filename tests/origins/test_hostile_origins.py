@@ -1,0 +1,97 @@
+"""Hostile origins: an HF endpoint that lies in its listing, an S3 server that ignores Range.
+
+The server refuses such a model with a clear error, names no file from the hostile
+values, reads no unbounded body, and keeps serving its other models.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from mxfs.errors import ManifestError, SourceError
+from mxfs.rpc.client import MxfsClient
+from tests.support.hf_endpoint import HubEndpoint
+
+WEIGHTS = bytes(range(256)) * 256  # 64 KiB: an LFS file
+FILES = {"config.json": b'{"model_type": "llama"}', "weights.bin": WEIGHTS}
+
+
+@pytest.mark.parametrize("lie", [
+    {"lfs": {"sha256": "../../../../../../pwned-lfs"}},
+    {"lfs": {"sha256": "ab" * 16}},
+    {"size": -5},
+    {"size": 1 << 62},
+    {"rfilename": "../../../../pwned-name"},
+    {"blobId": "../pwned-blob-id"},
+])
+def test_hostile_hub_listing_is_refused(hub: HubEndpoint, inproc_server, tmp_path: Path, lie: dict) -> None:
+    hub.add_commit("good/model", FILES)
+    hub.add_commit("evil/model", FILES)
+    target = "config.json" if "blobId" in lie else "weights.bin"
+    hub.sibling_patch[("evil/model", target)] = lie
+    server = inproc_server(origins=["hf"], origin_eager_bytes=0)
+    client = MxfsClient(server.address)
+    try:
+        with pytest.raises(ManifestError, match=r"Hub|size"):
+            client.get_manifest("evil/model")
+        good = client.get_manifest("good/model")  # the server keeps serving its other models
+        assert good.file("weights.bin").sha256 == hashlib.sha256(WEIGHTS).hexdigest()
+        data = client.read_range("good/model", good.revision, "weights.bin", 0, len(WEIGHTS))
+        assert bytes(data) == WEIGHTS
+    finally:
+        client.close()
+    assert not list(tmp_path.rglob("*pwned*"))
+
+
+class _RangeIgnoringS3(BaseHTTPRequestHandler):
+    """Answers every GET with a 200 and a body far larger than any range asked for."""
+
+    body_bytes = 256 * 1024 * 1024
+    sent = 0
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", str(self.body_bytes))
+        self.send_header("ETag", '"abc"')
+        self.end_headers()
+        chunk = b"\0" * (1 << 20)
+        try:
+            for _ in range(self.body_bytes // len(chunk)):
+                self.wfile.write(chunk)
+                type(self).sent += len(chunk)
+        except OSError:
+            pass
+
+
+@pytest.fixture
+def range_ignoring_s3() -> Iterator[str]:
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _RangeIgnoringS3)
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_s3_body_that_ignores_range_is_read_with_a_bound(range_ignoring_s3: str, monkeypatch) -> None:
+    import boto3
+
+    from mxfs.origins.objstore import S3Store
+
+    client = boto3.client("s3", endpoint_url=range_ignoring_s3, aws_access_key_id="k", aws_secret_access_key="s",
+                          region_name="us-east-1")
+    store = S3Store("bucket", client=client)
+    _RangeIgnoringS3.sent = 0
+    with pytest.raises(SourceError, match="range"):
+        store.get_range("org/model/weights.bin", 4096, 1024, "abc")
+    assert _RangeIgnoringS3.sent < 64 * 1024 * 1024, "the whole body was read"
