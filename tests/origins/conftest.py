@@ -72,6 +72,7 @@ def inproc_server(tmp_path: Path) -> Iterator:
     def start(**cfg: object):
         cfg.setdefault("cache_dir", str(tmp_path / f"server-{len(servers)}"))
         cfg.setdefault("block_size", BLOCK_SIZE)
+        cfg.setdefault("data_port", free_port())  # not the fixed default: concurrent runs collide on it
         server = Server(ServerConfig(host="127.0.0.1", port=free_port(), metrics_port=0, **cfg))
         server.start()
         server.address = f"127.0.0.1:{server.port}"

@@ -7,12 +7,12 @@ a real mount reads everything back byte for byte.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from mxfs.manifest.hashing import block_digest
 from mxfs.rpc.client import MxfsClient
 from tests.conftest import BLOCK_SIZE, MODEL
 from tests.origins.test_mount_remote import EAGER, ORIGIN, _check_lazy_then_exact
@@ -62,7 +62,7 @@ def test_lazy_blocks_each_read_once_then_hydrated(store_env, inproc_server, mode
         entry = max(manifest.files, key=lambda f: f.size)
         assert entry.lazy and not entry.digest_verified  # an object version, not a digest
         data = (models_dir / MODEL / entry.path).read_bytes()
-        digest = [hashlib.sha256(data[i:i + BLOCK_SIZE]).digest() for i in range(0, len(data), BLOCK_SIZE)]
+        digest = [block_digest(manifest.block_hash, data[i:i + BLOCK_SIZE]) for i in range(0, len(data), BLOCK_SIZE)]
 
         assert client.block_hashes(MODEL, manifest.revision, entry.path, 5, 3) == digest[5:8]
         assert egress() - at_resolve == 3 * BLOCK_SIZE  # exactly the asked blocks, ranged reads
