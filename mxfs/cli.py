@@ -101,7 +101,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
                        ["mountpoint", "server", "cache_dir", "cache_size", "models", "fetch_timeout",
                         "readahead_blocks", "metrics_port", "log_level", "fetch_workers",
                         "peer_port", "peer_host", "peer_advertise", "peer_token", "peer_swarm",
-                        "peer_hedge", "peer_workers", "origin_direct", "auth_token_file", "tls_ca_file",
+                        "peer_fill", "peer_hedge", "peer_workers", "origin_direct", "auth_token_file", "tls_ca_file",
                         "tls_cert_file", "tls_key_file", "tls_peer_name", "metrics_host"])
     logs.setup(cfg.log_level)
     from mxfs_daemon.node import NodeDaemon
@@ -127,6 +127,8 @@ def add_mount(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--peer-token", help="shared cluster token ($MXFS_PEER_TOKEN)")
     p.add_argument("--peer-swarm", action=argparse.BooleanOptionalAction, default=None,
                    help="split a cold fleet's first fetches between nodes (default on)")
+    p.add_argument("--peer-fill", action=argparse.BooleanOptionalAction, default=None,
+                   help="in a cold swarm, hydrate the whole model in a per-node order (default on)")
     p.add_argument("--peer-hedge", type=float, help="min seconds before a slow peer fetch also asks the server")
     p.add_argument("--peer-workers", type=int, help="concurrent peer requests served (default 16)")
     p.add_argument("--metrics-host", help="listen address of the metrics endpoint (default 127.0.0.1)")

@@ -127,6 +127,7 @@ class MountConfig:
                                ("MX_WORKER_HOST",))
     peer_token: str = _opt("", "shared cluster token for peer and registry calls", ("MXFS_PEER_TOKEN",))
     peer_swarm: bool = _opt(True, "cold fleets split first fetches between nodes, then exchange")
+    peer_fill: bool = _opt(True, "in a cold swarm, hydrate the whole model in a per-node order (spreads the fleet)")
     peer_hedge: float = _opt(1.0, "min seconds before a slow peer fetch is hedged to the server")
     peer_workers: int = _opt(16, "concurrent peer requests served (bounds memory: workers x block size)")
     origin_direct: list = _opt(None, "origins this node reads blocks from itself (hf, s3://B/P, ...), "

@@ -14,6 +14,7 @@ import grpc
 import trio
 
 from mxfs.block_peers.client import PeerClients, PullThrough
+from mxfs.block_peers.fill import SwarmFill
 from mxfs.block_peers.holdings import Announcer, Holdings
 from mxfs.block_peers.registry import HolderRegistryClient, PeerNode
 from mxfs.block_peers.server import PeerBlockServicer, serve
@@ -83,9 +84,10 @@ class PeerCache:
         self.registry_limiter = trio.CapacityLimiter(4)
         self.announcer = Announcer(self.registry, self.node, self.holdings, self.registry_limiter)
         self.view = HolderView(self.registry, self.registry_limiter)
+        self.fill = SwarmFill(self.node.node_id) if config.peer_swarm and config.peer_fill else None
         self.tier = PeerTier(self.node, self.clients, self.view, self.announcer, self.fetch_limiter, stats,
                              timeout_s=config.fetch_timeout, hedge_min_s=config.peer_hedge,
-                             swarm=config.peer_swarm)
+                             swarm=config.peer_swarm, fill=self.fill)
         self._pull_limiter = trio.CapacityLimiter(PULL_CONCURRENCY)
         self._server: grpc.Server | None = None
 
@@ -117,6 +119,8 @@ class PeerCache:
         tls = (self.config.tls_cert_file, self.config.tls_key_file) if self.config.tls_cert_file else None
         self._server = serve(self.config.peer_host, self.config.peer_port, servicer, self.config.peer_workers, tls)
         nursery.start_soon(self.announcer.run)
+        if self.fill is not None:
+            self.fill.start(nursery, chain.block, chain.is_cached)
         log.info("peer cache on: node %s at %s, %d cached files to announce", self.node.node_id,
                  self.node.address, self.holdings.files())
 

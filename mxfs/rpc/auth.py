@@ -34,6 +34,7 @@ MUTATING_METHODS: frozenset[str] = frozenset({
     "/mxfs.p2p.v1.P2PService/UnpublishSource",
     "/model_express.p2p.P2pService/PublishMetadata",
     "/model_express.p2p.P2pService/UpdateStatus",
+    "/model_express.p2p.P2pService/PublishReady",
     # node-cache block holders
     "/mxfs.v1.BlockHolders/Announce",
     "/mxfs.v1.BlockHolders/Withdraw",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -60,6 +62,10 @@ def test_daemon_mounts_through_a_tls_server(tls, start_server, start_mount, mode
     assert "TLS" in server.log() and "data plane off" in server.log()
     # the daemon's metrics listen on loopback only by default
     assert _listening(metrics_port) == {"0100007F"}
+    # node control: a socket only root can open, bound where no one else could reach it first
+    control = Path(os.getxattr(daemon.mountpoint, "user.mxfs.control").decode())
+    assert stat.S_IMODE(control.stat().st_mode) == 0o600 and stat.S_ISSOCK(control.stat().st_mode)
+    assert not [p for p in control.parent.iterdir() if p.name.startswith(".c")]
 
     port = server.port
     ok = MxfsClient(f"grpcs://127.0.0.1:{port}", security=ChannelSecurity(TOKEN, str(files.ca)))
