@@ -202,8 +202,13 @@ class Hydrator:
                 entry = self.chain.hashes.view(manifest, entry)  # tiers that verify need the hashes
             if not await in_thread(self.cache.reserve, len(view)):
                 raise CacheFull(f"node cache full (all pinned): cannot hydrate {entry.path}")
-            await self._receive(manifest, entry, index, view, expected)
-            await in_thread(self.cache.commit, key, len(view))
+            try:
+                await self._receive(manifest, entry, index, view, expected)
+            except BaseException:
+                self.cache.release(len(view))  # the reserved room was not used
+                raise
+            if not await in_thread(self.cache.commit, key, len(view)):  # the reservation is used or given back
+                raise CacheFull(f"node cache index refused block {index} of {entry.path} (see cache errors)")
         finally:
             self.cache.unpin(key)
             self.chain.release(key, flight)

@@ -14,6 +14,7 @@ import trio
 
 from mxfs.errors import MxfsError
 from mxfs.fetch.chain import FetchChain
+from mxfs.fetch.supervise import guarded
 from mxfs.manifest.model import BlockKey, FileEntry, Manifest
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ class BlockReader:
             if key in self._pending or self.chain.hot.get(key) is not None:
                 continue
             self._pending.add(key)
-            self._nursery.start_soon(self._fetch_ahead, m, entry, i, key)
+            self._nursery.start_soon(guarded, self.chain.stats, "readahead", self._fetch_ahead, m, entry, i, key)
 
     async def _fetch_ahead(self, m: Manifest, entry: FileEntry, index: int, key: BlockKey) -> None:
         try:
