@@ -117,6 +117,8 @@ class Hydrator:
         if entry.size == 0 or await in_thread(self.cache.is_complete, entry, bs):
             progress.advance(entry.size, entry.block_count(bs))
             return
+        if entry.size > self.cache.limit:
+            raise CacheFull(f"{entry.path} ({entry.size} bytes) is larger than the node cache ({self.cache.limit})")
         missing = [i for i in range(entry.block_count(bs)) if not self.cache.contains(entry.key(i, bs))]
         have = entry.size - sum(entry.block_span(i, bs)[1] for i in missing)
         progress.advance(have, entry.block_count(bs) - len(missing))
