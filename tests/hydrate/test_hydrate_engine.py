@@ -190,10 +190,10 @@ def test_a_server_that_vanishes_mid_hydration_leaves_an_incomplete_file_that_res
     chain = _chain(tmp_path / "c", [tier])
     with pytest.raises(BlockUnavailable):
         trio.run(Hydrator(chain, concurrency=2).hydrate_file, m, entry)
-    assert tier.received == 3  # the server died with the file part-way through
+    assert 3 <= tier.received < entry.block_count(m.block_size)  # the server died part-way through the file
     cache = chain.cache
     held = [i for i in range(entry.block_count(m.block_size)) if cache.contains(entry.key(i, m.block_size))]
-    assert len(held) <= 3 < entry.block_count(m.block_size)  # the blocks that arrived (whole and verified)
+    assert len(held) <= tier.received  # only blocks that arrived whole and verified
     assert not cache.is_complete(entry, m.block_size) and cache.complete_blob(entry, m.block_size) is None
     client.close()
 
