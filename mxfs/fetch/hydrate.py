@@ -224,8 +224,11 @@ class Hydrator:
         errors: list[str] = []
         for tier in self.chain.tiers:
             start = time.monotonic()
+            hedge = getattr(tier, "hedge_after", None)  # a slow tier hands over to the next one
+            limit = self.chain.timeout_s if hedge is None or tier is self.chain.tiers[-1] \
+                else min(self.chain.timeout_s, hedge())
             try:
-                with trio.fail_after(self.chain.timeout_s):
+                with trio.fail_after(limit):
                     fetch_into = getattr(tier, "fetch_into", None)
                     if fetch_into is not None:
                         await fetch_into(manifest, entry, index, view)
@@ -235,8 +238,11 @@ class Hydrator:
                         ok = await in_thread(_copy_checked, view, data, algorithm, expected,
                                              getattr(tier, "verifies", False))
             except trio.TooSlowError:
-                self.chain.stats.failed(tier.name, "timeout")
-                errors.append(f"{tier.name}: timed out")
+                if limit < self.chain.timeout_s:
+                    self.chain.stats.hedged(tier.name)
+                else:
+                    self.chain.stats.failed(tier.name, "timeout")
+                errors.append(f"{tier.name}: timed out after {limit:g}s")
                 continue
             except (BlockUnavailable, SourceError) as exc:
                 self.chain.stats.failed(tier.name, type(exc).__name__)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -205,3 +206,15 @@ def test_a_server_that_vanishes_mid_hydration_leaves_an_incomplete_file_that_res
     assert hashlib.sha256(blob.read_bytes()).hexdigest() == origin_hashes[entry.path]
     client.close()
     cache.close()
+
+
+def test_a_slow_tier_hands_over_to_the_next_after_its_hedge_time(tmp_path):
+    m = _manifest()
+    slow = BytesTier("peer", DATA, "stall")
+    slow.hedge_after = lambda: 0.05
+    chain = _chain(tmp_path / "c", [slow, IntoTier("server", DATA)])
+    start = time.monotonic()
+    assert trio.run(Hydrator(chain, concurrency=8).hydrate, m) == []
+    assert time.monotonic() - start < 30  # the stalled tier would take 60 s per block
+    assert chain.cache.is_complete(m.file("w.bin"), BS) and chain.stats.snapshot()["bytes"]["server"] == len(DATA)
+    chain.cache.close()
