@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
@@ -54,12 +57,22 @@ class NodeControlServicer(node_pb2_grpc.NodeControlServicer):
 
 
 def serve(socket_path: Path, servicer: NodeControlServicer) -> grpc.Server:
-    """Start the control server on ``unix://socket_path`` (replacing a stale socket)."""
+    """Start the control server on ``unix://socket_path`` (replacing a stale socket).
+
+    Only root reaches it: the socket is bound inside a fresh 0700 directory, made 0600
+    there, and only then renamed into place, so no other user can connect in between.
+    """
     socket_path.unlink(missing_ok=True)
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="mxfs-ctl"))
-    node_pb2_grpc.add_NodeControlServicer_to_server(servicer, server)
-    if server.add_insecure_port(f"unix://{socket_path}") == 0:
-        raise OSError(f"cannot listen on {socket_path}")
-    server.start()
-    socket_path.chmod(0o600)
+    private = Path(tempfile.mkdtemp(prefix=".c", dir=socket_path.parent))  # short: AF_UNIX paths are <108
+    try:
+        bound = private / "s"
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="mxfs-ctl"))
+        node_pb2_grpc.add_NodeControlServicer_to_server(servicer, server)
+        if server.add_insecure_port(f"unix://{bound}") == 0:
+            raise OSError(f"cannot listen on {socket_path}")
+        server.start()
+        bound.chmod(0o600)
+        os.replace(bound, socket_path)
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
     return server

@@ -33,6 +33,7 @@ from mxfs.fuse.tree import Tree
 from mxfs.manifest.model import Manifest
 from mxfs.manifest.names import ModelRef, parse_model_ref
 from mxfs.rpc import node_pb2
+from mxfs.rpc.channel import ChannelSecurity, set_default_security
 from mxfs.rpc.client import MxfsClient
 from mxfs_daemon import control, mountpoint
 from mxfs_daemon.prefetch import Prefetcher, PrefetchJob
@@ -65,6 +66,7 @@ class NodeDaemon:
         self.stats = FetchStats()
         self.cache = BlockCache(self.cache_dir / "blocks",
                                 config.cache_size or default_cache_size(self.cache_dir))
+        set_default_security(ChannelSecurity(config.auth_token, config.tls_ca_file))
         self.client = MxfsClient(config.server, timeout_s=config.fetch_timeout)
         self.rpc_limiter = trio.CapacityLimiter(config.fetch_workers)
         self.io_limiter = trio.CapacityLimiter(config.fetch_workers)
@@ -175,7 +177,7 @@ class NodeDaemon:
         if self.config.allow_other:
             options.add("allow_other")
         if self.config.metrics_port:
-            start_http_server(self.config.metrics_port, registry=self.stats.registry)
+            start_http_server(self.config.metrics_port, addr=self.config.metrics_host, registry=self.stats.registry)
         pyfuse3.init(self.ops, str(self.mountpoint), options)
         log.info("mounted %s (server %s, cache %s, %d bytes max)", self.mountpoint,
                  self.config.server, self.cache_dir, self.cache.limit)

@@ -47,7 +47,8 @@ def cmd_server(args: argparse.Namespace) -> int:
                        ["host", "port", "cache_dir", "models_dir", "block_size", "metrics_port", "data_port",
                         "log_level", "max_workers", "peer_token", "holder_ttl", "origins", "model_uris",
                         "max_models", "max_unused_s", "min_free_bytes", "metadata_backend", "redis_url",
-                        "origin_mode", "origin_eager_bytes", "origin_block_store_bytes"])
+                        "origin_mode", "origin_eager_bytes", "origin_block_store_bytes",
+                        "auth_token_file", "auth_reads", "tls_cert_file", "tls_key_file", "metrics_host"])
     logs.setup(cfg.log_level)
     return app.run(cfg)
 
@@ -78,6 +79,13 @@ def add_server(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-models", type=int, help="evict LRU cached models beyond this count")
     p.add_argument("--max-unused", dest="max_unused_s", type=float, help="evict models unused this many seconds")
     p.add_argument("--min-free", dest="min_free_bytes", type=parse_size, help="keep this much disk free, e.g. 20GiB")
+    p.add_argument("--auth-token-file", help="cluster token file: mutating RPCs need the token "
+                   "($MX_AUTH_TOKEN_FILE, or the token itself in $MX_AUTH_TOKEN)")
+    p.add_argument("--auth-reads", action=argparse.BooleanOptionalAction, default=None,
+                   help="require the token for read-only calls too (health stays open)")
+    p.add_argument("--tls-cert-file", help="PEM certificate of the gRPC port (TLS on; data plane then off)")
+    p.add_argument("--tls-key-file", help="PEM key of --tls-cert-file")
+    p.add_argument("--metrics-host", help="listen address of the metrics endpoint (default: --host)")
     p.add_argument("--metadata-backend", help="model registry: embedded (default) or redis")
     p.add_argument("--redis-url", help="Redis URL for --metadata-backend redis")
     add_config_args(p)
@@ -93,7 +101,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
                        ["mountpoint", "server", "cache_dir", "cache_size", "models", "fetch_timeout",
                         "readahead_blocks", "metrics_port", "log_level", "fetch_workers",
                         "peer_port", "peer_host", "peer_advertise", "peer_token", "peer_swarm",
-                        "peer_hedge", "peer_workers", "origin_direct"])
+                        "peer_fill", "peer_hedge", "peer_workers", "origin_direct", "auth_token_file", "tls_ca_file",
+                        "tls_cert_file", "tls_key_file", "tls_peer_name", "metrics_host"])
     logs.setup(cfg.log_level)
     from mxfs_daemon.node import NodeDaemon
 
@@ -103,7 +112,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
 def add_mount(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("mount", help="run the node daemon: mount a lazy read-only model tree")
     p.add_argument("mountpoint", nargs="?", help="where to mount, e.g. /models")
-    p.add_argument("--server", help="server host:port (default $MODEL_EXPRESS_URL)")
+    p.add_argument("--server", help="server host:port, or https://host:port for TLS (default $MODEL_EXPRESS_URL)")
     p.add_argument("--cache-dir", help="local block cache directory")
     p.add_argument("--cache-size", type=parse_size, help="cache bound, e.g. 200GiB (default 90%% of free disk)")
     p.add_argument("--model", dest="models", action="append", help="ORG/NAME[@REV] to resolve at start (repeatable)")
@@ -118,8 +127,17 @@ def add_mount(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--peer-token", help="shared cluster token ($MXFS_PEER_TOKEN)")
     p.add_argument("--peer-swarm", action=argparse.BooleanOptionalAction, default=None,
                    help="split a cold fleet's first fetches between nodes (default on)")
+    p.add_argument("--peer-fill", action=argparse.BooleanOptionalAction, default=None,
+                   help="in a cold swarm, hydrate the whole model in a per-node order (default on)")
     p.add_argument("--peer-hedge", type=float, help="min seconds before a slow peer fetch also asks the server")
     p.add_argument("--peer-workers", type=int, help="concurrent peer requests served (default 16)")
+    p.add_argument("--metrics-host", help="listen address of the metrics endpoint (default 127.0.0.1)")
+    p.add_argument("--auth-token-file", help="cluster token file, sent to the server and peers "
+                   "($MX_AUTH_TOKEN_FILE / $MX_AUTH_TOKEN)")
+    p.add_argument("--tls-ca-file", help="PEM CA for https:// / grpcs:// servers and TLS peers ($MX_TLS_CA_FILE)")
+    p.add_argument("--tls-cert-file", help="PEM certificate of the peer port (peers then talk TLS)")
+    p.add_argument("--tls-key-file", help="PEM key of --tls-cert-file")
+    p.add_argument("--tls-peer-name", help="name checked in peer certificates (peers are reached by IP)")
     p.add_argument("--origin-direct", action="append", metavar="URI",
                    help="read blocks straight from this origin with the node's own credentials "
                         "(hf, s3://bucket/prefix, ...; repeatable; same URI as the server's --origin)")

@@ -43,6 +43,13 @@ class ServerConfig:
     peer_token: str = _opt("", "cluster token of the block-holder registry (empty = peer cache off)",
                            ("MXFS_PEER_TOKEN",))
     holder_ttl: float = _opt(30.0, "seconds a silent node stays in the block-holder registry")
+    auth_token: str = _opt("", "cluster token every mutating RPC must carry (empty = mutating RPCs open)",
+                           ("MX_AUTH_TOKEN",))
+    auth_token_file: str = _opt("", "file holding the cluster token (wins over auth_token)", ("MX_AUTH_TOKEN_FILE",))
+    auth_reads: bool = _opt(False, "also require the token for read-only calls (health stays open)")
+    tls_cert_file: str = _opt("", "PEM certificate (chain) of the gRPC port; with tls_key_file turns TLS on")
+    tls_key_file: str = _opt("", "PEM private key of tls_cert_file")
+    metrics_host: str = _opt("", "listen address of the metrics endpoint (default: host)")
     origins: list = _opt(None, "remote origins tried after models_dir: hf, s3://B/P, gs://B/P, az://C/P, /abs/dir")
     model_uris: list = _opt(None, "single models bound to a location: ORG/NAME=URI")
     origin_workers: int = _opt(8, "parallel ranged reads from remote origins")
@@ -61,6 +68,9 @@ class ServerConfig:
     redis_url: str = _opt("", "Redis URL when metadata_backend is redis", ("REDIS_URL",))
 
     def validate(self) -> None:
+        _resolve_auth(self)
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ConfigError("TLS needs both tls_cert_file and tls_key_file")
         _check_port(self.port, "port")
         _check_port(self.data_port, "data_port", allow_zero=True)
         if not 1.0 <= self.holder_ttl <= 3600:
@@ -101,7 +111,15 @@ class MountConfig:
     readahead_blocks: int = _opt(8, "max blocks read ahead on sequential access")
     fetch_workers: int = _opt(16, "concurrent block fetches")
     metrics_port: int = _opt(0, "Prometheus metrics port (0 disables)")
+    metrics_host: str = _opt("127.0.0.1", "listen address of the metrics endpoint (the pod IP to be scraped)")
     log_level: str = _opt("INFO", "log level", ("MODEL_EXPRESS_LOG_LEVEL",))
+    auth_token: str = _opt("", "cluster token sent with every call to the server and peers", ("MX_AUTH_TOKEN",))
+    auth_token_file: str = _opt("", "file holding the cluster token (wins over auth_token)", ("MX_AUTH_TOKEN_FILE",))
+    tls_ca_file: str = _opt("", "PEM CA that https:// / grpcs:// servers and TLS peers are verified with",
+                            ("MX_TLS_CA_FILE",))
+    tls_cert_file: str = _opt("", "PEM certificate of this node's peer port; with tls_key_file peers talk TLS")
+    tls_key_file: str = _opt("", "PEM private key of tls_cert_file")
+    tls_peer_name: str = _opt("", "name checked in peer certificates (peers are reached by IP)")
     allow_other: bool = _opt(True, "let other users (and containers) read the mount")
     peer_port: int = _opt(0, "port of this node's peer block service (0 = peer cache off)")
     peer_host: str = _opt("0.0.0.0", "listen address of the peer block service")
@@ -109,12 +127,16 @@ class MountConfig:
                                ("MX_WORKER_HOST",))
     peer_token: str = _opt("", "shared cluster token for peer and registry calls", ("MXFS_PEER_TOKEN",))
     peer_swarm: bool = _opt(True, "cold fleets split first fetches between nodes, then exchange")
+    peer_fill: bool = _opt(True, "in a cold swarm, hydrate the whole model in a per-node order (spreads the fleet)")
     peer_hedge: float = _opt(1.0, "min seconds before a slow peer fetch is hedged to the server")
     peer_workers: int = _opt(16, "concurrent peer requests served (bounds memory: workers x block size)")
     origin_direct: list = _opt(None, "origins this node reads blocks from itself (hf, s3://B/P, ...), "
                                "with its own credentials; must match the server's --origin")
 
     def validate(self) -> None:
+        _resolve_auth(self)
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ConfigError("peer TLS needs both tls_cert_file and tls_key_file")
         if not self.mountpoint:
             raise ConfigError("mountpoint is required")
         if not self.server:
@@ -135,6 +157,19 @@ class MountConfig:
             raise ConfigError("peer_hedge must be > 0")
         if not 1 <= self.peer_workers <= 256:
             raise ConfigError("peer_workers must be in [1, 256]")
+
+
+def _resolve_auth(cfg: ServerConfig | MountConfig) -> None:
+    """Read the token file into ``auth_token``; the peer cache uses the cluster token by default."""
+    from mxfs.rpc.auth import load_token
+
+    if cfg.auth_token_file or cfg.auth_token:
+        try:
+            cfg.auth_token = load_token(cfg.auth_token, cfg.auth_token_file)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+    if not cfg.peer_token:
+        cfg.peer_token = cfg.auth_token
 
 
 def _check_port(port: int, name: str, allow_zero: bool = False) -> None:

@@ -42,6 +42,9 @@ MX_METADATA_BACKEND = EnvVar("MX_METADATA_BACKEND", "embedded", "Registry backen
 REDIS_URL = EnvVar("REDIS_URL", None, "Redis URL for the registries when MX_METADATA_BACKEND=redis.")
 MX_WORKER_HOST = EnvVar("MX_WORKER_HOST", None, "Address other nodes use to reach this node.")
 MXFS_PEER_TOKEN = EnvVar("MXFS_PEER_TOKEN", None, "Shared cluster token for peer and registry calls.")
+MX_AUTH_TOKEN = EnvVar("MX_AUTH_TOKEN", None, "Cluster token: the server requires it on mutating RPCs.")
+MX_AUTH_TOKEN_FILE = EnvVar("MX_AUTH_TOKEN_FILE", None, "File holding the cluster token (wins over MX_AUTH_TOKEN).")
+MX_TLS_CA_FILE = EnvVar("MX_TLS_CA_FILE", None, "PEM CA bundle that https:// / grpcs:// server URLs are verified with.")
 MX_P2P = EnvVar("MX_P2P", "1", "vLLM 'mx' loader: 1 pulls weights from running sources and publishes itself.")
 MX_P2P_TIMEOUT_S = EnvVar("MX_P2P_TIMEOUT_S", "120", "Bound on one whole NIXL pull (seconds).")
 MX_P2P_MAX_TRIES = EnvVar("MX_P2P_MAX_TRIES", "3", "At most this many sources are tried before loading files.")
@@ -54,7 +57,7 @@ ALL = [
     MODEL_EXPRESS_URL, MODEL_EXPRESS_NO_SHARED_STORAGE, MODEL_EXPRESS_CACHE_DIRECTORY,
     HF_HUB_CACHE, HF_TOKEN, HF_ENDPOINT, AZURE_STORAGE_ACCOUNT_NAME, AZURE_STORAGE_CONNECTION_STRING,
     MX_MODEL_URI, MX_METADATA_BACKEND, REDIS_URL, MX_WORKER_HOST,
-    MXFS_PEER_TOKEN, MXFS_LOG_FORMAT,
+    MXFS_PEER_TOKEN, MXFS_LOG_FORMAT, MX_AUTH_TOKEN, MX_AUTH_TOKEN_FILE, MX_TLS_CA_FILE,
     MX_P2P, MX_P2P_TIMEOUT_S, MX_P2P_MAX_TRIES, MX_P2P_STALE_S, MX_P2P_REAP_S, MX_NIXL_BACKENDS,
 ]
 

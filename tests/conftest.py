@@ -10,7 +10,8 @@ import pytest
 
 from mxfs.manifest.builder import file_sha256
 from mxfs.modelgen import ModelShape, generate_model
-from tests.support.cluster import MountProc, ServerProc, fuse_available
+from tests.support.cluster import MountProc, ServerProc
+from tests.support.needs import need_fuse, need_program
 
 MODEL = "test-org/tiny-llama"
 BLOCK_SIZE = 256 * 1024
@@ -55,8 +56,7 @@ def start_server(tmp_path: Path, models_dir: Path) -> Iterator:
 @pytest.fixture
 def start_mount(tmp_path: Path) -> Iterator:
     """Factory: start (and always stop) node daemons."""
-    if not fuse_available():
-        pytest.skip("needs /dev/fuse and fusermount3")
+    need_fuse()
     procs: list[MountProc] = []
 
     def start(server: ServerProc, name: str = "node", wait_model: str | None = MODEL,
@@ -114,11 +114,9 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator:
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
     """A real redis-server on 127.0.0.1 for the whole session (flushed per test by users)."""
-    import shutil
-
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server not installed")
     from tests.support.cluster import RedisProc
+
+    need_program("redis-server", "apt-get install redis-server")
 
     proc = RedisProc(tmp_path_factory.mktemp("redis")).start()
     yield proc

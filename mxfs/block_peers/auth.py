@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import functools
-import hmac
 from collections.abc import Callable
 from typing import Any
 
 import grpc
 
-TOKEN_METADATA = "x-mxfs-peer-token"
+from mxfs.rpc.auth import PEER_TOKEN_METADATA, presented_token, token_matches
+
+TOKEN_METADATA = PEER_TOKEN_METADATA
 
 
 def call_metadata(token: str) -> tuple[tuple[str, str], ...]:
@@ -18,13 +19,8 @@ def call_metadata(token: str) -> tuple[tuple[str, str], ...]:
 
 
 def token_ok(context: grpc.ServicerContext, token: str) -> bool:
-    """True when the call carries ``token`` (constant-time compare); an empty token never matches."""
-    if not token:
-        return False
-    for key, value in context.invocation_metadata() or ():
-        if key == TOKEN_METADATA:
-            return hmac.compare_digest(str(value).encode(), token.encode())
-    return False
+    """True when the call carries ``token`` (peer header or bearer; constant-time compare)."""
+    return token_matches(presented_token(context.invocation_metadata()), token)
 
 
 def require_token(context: grpc.ServicerContext, token: str) -> None:

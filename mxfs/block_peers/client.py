@@ -11,7 +11,7 @@ from mxfs.block_peers.auth import call_metadata
 from mxfs.errors import BlockUnavailable, SourceError
 from mxfs.manifest.model import BlockKey
 from mxfs.rpc import peer_pb2, peer_pb2_grpc
-from mxfs.rpc.channel import open_channel
+from mxfs.rpc.channel import ChannelSecurity, open_channel
 
 MAX_CHANNELS = 512
 
@@ -36,8 +36,10 @@ class PullThrough:
 class PeerClients:
     """Thread-safe pool of channels to peers, all calls carrying the cluster token."""
 
-    def __init__(self, token: str, node_id: str) -> None:
+    def __init__(self, token: str, node_id: str, security: ChannelSecurity | None = None) -> None:
+        """``security``: TLS to peers (their certificates are checked for ``server_name``); None = plaintext."""
         self.node_id = node_id
+        self._security = security
         self._metadata = call_metadata(token)
         self._lock = threading.Lock()
         self._stubs: dict[str, tuple[grpc.Channel, peer_pb2_grpc.PeerBlocksStub]] = {}
@@ -49,7 +51,7 @@ class PeerClients:
                 if len(self._stubs) >= MAX_CHANNELS:  # drop the oldest: peers come and go
                     old = next(iter(self._stubs))
                     self._stubs.pop(old)[0].close()
-                channel = open_channel(address)
+                channel = open_channel(address, self._security, tls=self._security is not None)
                 hit = self._stubs[address] = (channel, peer_pb2_grpc.PeerBlocksStub(channel))
             return hit[1]
 

@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 
 FileId = tuple[str, int]  # (file sha256, block size)
 BATCH_FILES = 1024
+#: everything held is re-sent this often (the registry's file records expire after a day)
+REANNOUNCE_ALL_S = 6 * 3600.0
 
 
 class Holdings:
@@ -59,6 +61,11 @@ class Holdings:
                     self._held.pop(fid, None)
         return out
 
+    def mark_all_dirty(self) -> None:
+        """Send every held file again with the next announce."""
+        with self._lock:
+            self._dirty.update(self._held)
+
     def restore(self, files: list[FileHoldings]) -> None:
         """Mark files dirty again after a failed announce."""
         with self._lock:
@@ -88,6 +95,7 @@ class Announcer:
         self.connected = False
         self._warned = False
         self._last_ok = 0.0
+        self._last_full = time.monotonic()  # the first announce sends everything anyway
         self._swarms: dict[str, float] = {}     # swarm -> last activity (monotonic)
         self._announced: set[str] = set()       # swarms the registry knows we are in
         self._joined: dict[str, trio.Event] = {}
@@ -118,6 +126,11 @@ class Announcer:
     async def announce_once(self) -> bool:
         """One announce (all pending batches); False when the registry could not be reached."""
         swarms, left = self._swarm_changes()
+        now = time.monotonic()
+        # away longer than the TTL: the registry may have reaped us, so tell it everything again
+        if self._last_ok and (now - self._last_ok > self.ttl_s or now - self._last_full > REANNOUNCE_ALL_S):
+            self.holdings.mark_all_dirty()
+            self._last_full = now
         heartbeat_due = time.monotonic() - self._last_ok > self.ttl_s / 3
         joining = [s for s in swarms if not self._joined[s].is_set()]
         first = True

@@ -26,7 +26,7 @@ from mxfs.cache.blocks import BlockCache
 from mxfs.errors import MxfsError
 from mxfs.manifest.model import BlockKey
 from mxfs.rpc import peer_pb2, peer_pb2_grpc
-from mxfs.rpc.channel import CHANNEL_OPTIONS
+from mxfs.rpc.channel import CHANNEL_OPTIONS, read_pem
 
 log = logging.getLogger(__name__)
 
@@ -93,16 +93,25 @@ class PeerBlockServicer(peer_pb2_grpc.PeerBlocksServicer):
             self.served.inc(len(part))
 
 
-def serve(host: str, port: int, servicer: PeerBlockServicer, workers: int) -> grpc.Server:
-    """Start the peer service on ``host:port``; at most ``workers`` requests run at once."""
+def serve(host: str, port: int, servicer: PeerBlockServicer, workers: int,
+          tls: tuple[str, str] | None = None) -> grpc.Server:
+    """Start the peer service on ``host:port``; at most ``workers`` requests run at once.
+
+    ``tls``: (certificate file, key file) to serve TLS.
+    """
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mxfs-peer"),
         options=CHANNEL_OPTIONS, maximum_concurrent_rpcs=workers * 2,
     )
     peer_pb2_grpc.add_PeerBlocksServicer_to_server(servicer, server)
     bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    if server.add_insecure_port(bind) == 0:
+    if tls is not None:
+        creds = grpc.ssl_server_credentials([(read_pem(tls[1], "TLS key file"), read_pem(tls[0], "TLS certificate"))])
+        port = server.add_secure_port(bind, creds)
+    else:
+        port = server.add_insecure_port(bind)
+    if port == 0:
         raise OSError(f"cannot listen for peers on {bind}")
     server.start()
-    log.info("peer block service on %s (%d workers)", bind, workers)
+    log.info("peer block service on %s (%d workers, %s)", bind, workers, "TLS" if tls else "plaintext")
     return server

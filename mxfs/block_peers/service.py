@@ -7,12 +7,14 @@ import re
 import socket
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
 import trio
 
 from mxfs.block_peers.client import PeerClients, PullThrough
+from mxfs.block_peers.fill import SwarmFill
 from mxfs.block_peers.holdings import Announcer, Holdings
 from mxfs.block_peers.registry import HolderRegistryClient, PeerNode
 from mxfs.block_peers.server import PeerBlockServicer, serve
@@ -24,6 +26,7 @@ from mxfs.fetch.chain import FetchChain
 from mxfs.fetch.peers import PeerTier
 from mxfs.fetch.stats import FetchStats
 from mxfs.manifest.model import BlockKey, Manifest
+from mxfs.rpc.channel import default_security
 
 log = logging.getLogger(__name__)
 
@@ -73,14 +76,18 @@ class PeerCache:
         cache.listeners.append(self.holdings.changed)
         self.registry = HolderRegistryClient(config.server, config.peer_token,
                                              timeout_s=min(config.fetch_timeout, REGISTRY_TIMEOUT_S))
-        self.clients = PeerClients(config.peer_token, self.node.node_id)
+        peer_tls = None
+        if config.tls_cert_file:  # this node serves TLS, so do its peers: verify them with the cluster CA
+            peer_tls = replace(default_security(), server_name=config.tls_peer_name)
+        self.clients = PeerClients(config.peer_token, self.node.node_id, peer_tls)
         self.fetch_limiter = trio.CapacityLimiter(config.fetch_workers)
         self.registry_limiter = trio.CapacityLimiter(4)
         self.announcer = Announcer(self.registry, self.node, self.holdings, self.registry_limiter)
         self.view = HolderView(self.registry, self.registry_limiter)
+        self.fill = SwarmFill(self.node.node_id) if config.peer_swarm and config.peer_fill else None
         self.tier = PeerTier(self.node, self.clients, self.view, self.announcer, self.fetch_limiter, stats,
                              timeout_s=config.fetch_timeout, hedge_min_s=config.peer_hedge,
-                             swarm=config.peer_swarm)
+                             swarm=config.peer_swarm, fill=self.fill)
         self._pull_limiter = trio.CapacityLimiter(PULL_CONCURRENCY)
         self._server: grpc.Server | None = None
 
@@ -109,8 +116,11 @@ class PeerCache:
                 raise ValueError(str(exc)) from exc
 
         servicer = PeerBlockServicer(self.cache, self.config.peer_token, pull, self.stats.registry)
-        self._server = serve(self.config.peer_host, self.config.peer_port, servicer, self.config.peer_workers)
+        tls = (self.config.tls_cert_file, self.config.tls_key_file) if self.config.tls_cert_file else None
+        self._server = serve(self.config.peer_host, self.config.peer_port, servicer, self.config.peer_workers, tls)
         nursery.start_soon(self.announcer.run)
+        if self.fill is not None:
+            self.fill.start(nursery, chain.block, chain.is_cached)
         log.info("peer cache on: node %s at %s, %d cached files to announce", self.node.node_id,
                  self.node.address, self.holdings.files())
 

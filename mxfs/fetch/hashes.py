@@ -111,7 +111,8 @@ class BlockHashes:
         n = entry.block_count(manifest.block_size)
         lookahead = max(0, min(self.window - 1, n - index - 1))
         hashes = self.client.block_hashes(manifest.name, manifest.revision, entry.path, index, 1, lookahead)
-        found = {index + i: h for i, h in enumerate(hashes) if len(h) == 32}
+        # only what was asked for: a server cannot make us remember hashes past the window or the file
+        found = {index + i: h for i, h in enumerate(hashes[: lookahead + 1]) if len(h) == 32}
         if index not in found:
             raise BlockUnavailable(f"server sent no hash for block {index} of {manifest.name}/{entry.path}")
         return found

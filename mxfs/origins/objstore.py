@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from mxfs import envs
 from mxfs.errors import InvalidModelName, ModelNotFound, OriginDenied, SourceError
 from mxfs.manifest.names import DEFAULT_REVISION, is_commit, validate_name, validate_relpath
+from mxfs.manifest.validate import check_size
 from mxfs.origins.remote import OriginUnavailable, RemoteFile, Snapshot, check_range, listing_revision
 
 log = logging.getLogger(__name__)
@@ -306,9 +307,11 @@ class ObjectStoreSource:
             if not rel or rel.endswith("/"):
                 continue  # directory markers
             try:
-                files.append(RemoteFile(validate_relpath(rel), size, etag=etag))
+                validate_relpath(rel)
             except InvalidModelName:
                 log.warning("skipping object %s: not a valid file path in a model", key)
+                continue
+            files.append(RemoteFile(rel, check_size(size, f"the listing of {key}"), etag=etag))
         if not files:
             where = f"{self.store.scheme}://{self.store.bucket}/{mp}"
             raise ModelNotFound(f"model {name} not found: no objects under {where}")

@@ -28,6 +28,12 @@ class Store(Protocol):
     def hget(self, key: str, field: str) -> bytes | None: ...
     def hgetall(self, key: str) -> dict[str, bytes]: ...
     def hdel(self, key: str, *fields: str) -> int: ...
+    def hmget(self, key: str, fields: list[str]) -> list[bytes | None]: ...
+    def zadd(self, key: str, mapping: dict[str, float]) -> None: ...
+    def zscores(self, key: str, members: list[str]) -> list[float | None]: ...
+    def zrange_by_score(self, key: str, lo: float, hi: float) -> list[str]: ...
+    def zcount(self, key: str, lo: float, hi: float) -> int: ...
+    def zrem(self, key: str, *members: str) -> int: ...
     def close(self) -> None: ...
 
 
@@ -44,6 +50,8 @@ class EmbeddedStore:
             "CREATE TABLE IF NOT EXISTS h (k TEXT, f TEXT, v BLOB NOT NULL, PRIMARY KEY (k, f))"
         )
         self._db.execute("CREATE TABLE IF NOT EXISTS hexp (k TEXT PRIMARY KEY, exp REAL)")
+        self._db.execute("CREATE TABLE IF NOT EXISTS z (k TEXT, m TEXT, s REAL NOT NULL, PRIMARY KEY (k, m))")
+        self._db.execute("CREATE INDEX IF NOT EXISTS z_score ON z (k, s)")
         self._lock = threading.RLock()
 
     @staticmethod
@@ -85,6 +93,7 @@ class EmbeddedStore:
         with self._lock:
             n = self._db.execute("DELETE FROM kv WHERE k = ?", (key,)).rowcount
             n += self._db.execute("DELETE FROM h WHERE k = ?", (key,)).rowcount
+            n += self._db.execute("DELETE FROM z WHERE k = ?", (key,)).rowcount
             self._db.execute("DELETE FROM hexp WHERE k = ?", (key,))
             return n > 0
 
@@ -129,6 +138,38 @@ class EmbeddedStore:
             return sum(
                 self._db.execute("DELETE FROM h WHERE k = ? AND f = ?", (key, f)).rowcount for f in fields
             )
+
+    def hmget(self, key: str, fields: list[str]) -> list[bytes | None]:
+        with self._lock:
+            return [self.hget(key, f) for f in fields]
+
+    # sorted sets (no TTL: members carry their own expiry as the score where needed)
+
+    def zadd(self, key: str, mapping: dict[str, float]) -> None:
+        with self._lock:
+            self._db.executemany("INSERT OR REPLACE INTO z VALUES (?, ?, ?)", [(key, m, s) for m, s in mapping.items()])
+
+    def zscores(self, key: str, members: list[str]) -> list[float | None]:
+        with self._lock:
+            out = []
+            for m in members:
+                row = self._db.execute("SELECT s FROM z WHERE k = ? AND m = ?", (key, m)).fetchone()
+                out.append(row[0] if row else None)
+            return out
+
+    def zrange_by_score(self, key: str, lo: float, hi: float) -> list[str]:
+        with self._lock:
+            rows = self._db.execute("SELECT m FROM z WHERE k = ? AND s >= ? AND s <= ? ORDER BY s, m", (key, lo, hi))
+            return [r[0] for r in rows]
+
+    def zcount(self, key: str, lo: float, hi: float) -> int:
+        with self._lock:
+            row = self._db.execute("SELECT COUNT(*) FROM z WHERE k = ? AND s >= ? AND s <= ?", (key, lo, hi))
+            return row.fetchone()[0]
+
+    def zrem(self, key: str, *members: str) -> int:
+        with self._lock:
+            return sum(self._db.execute("DELETE FROM z WHERE k = ? AND m = ?", (key, m)).rowcount for m in members)
 
     def close(self) -> None:
         with self._lock:
@@ -203,6 +244,24 @@ class RedisStore:
 
     def hdel(self, key: str, *fields: str) -> int:
         return int(self._r.hdel(self._k(key), *fields)) if fields else 0
+
+    def hmget(self, key: str, fields: list[str]) -> list[bytes | None]:
+        return list(self._r.hmget(self._k(key), fields)) if fields else []
+
+    def zadd(self, key: str, mapping: dict[str, float]) -> None:
+        self._r.zadd(self._k(key), mapping)
+
+    def zscores(self, key: str, members: list[str]) -> list[float | None]:
+        return list(self._r.zmscore(self._k(key), members)) if members else []
+
+    def zrange_by_score(self, key: str, lo: float, hi: float) -> list[str]:
+        return [m.decode() for m in self._r.zrangebyscore(self._k(key), lo, hi)]
+
+    def zcount(self, key: str, lo: float, hi: float) -> int:
+        return int(self._r.zcount(self._k(key), lo, hi))
+
+    def zrem(self, key: str, *members: str) -> int:
+        return int(self._r.zrem(self._k(key), *members)) if members else 0
 
     def close(self) -> None:
         self._r.close()

@@ -14,7 +14,7 @@ from mxfs.manifest.validate import validate_manifest
 from mxfs.rpc import model_express_health_pb2 as health_pb2
 from mxfs.rpc import model_express_health_pb2_grpc as health_grpc
 from mxfs.rpc import mxfs_pb2, mxfs_pb2_grpc
-from mxfs.rpc.channel import open_channel
+from mxfs.rpc.channel import ChannelSecurity, open_channel
 from mxfs.rpc.convert import manifest_from_pb
 from mxfs.rpc.fastchunk import decode_chunk
 
@@ -55,8 +55,11 @@ def translate_rpc_error(exc: grpc.RpcError, what: str) -> Exception:
 class MxfsClient:
     """Opens one channel lazily and exposes the server's RPCs as plain Python calls."""
 
-    def __init__(self, address: str, timeout_s: float = 30.0) -> None:
+    def __init__(self, address: str, timeout_s: float = 30.0, security: ChannelSecurity | None = None) -> None:
+        """``address``: ``host:port`` or ``https://host:port`` (TLS); ``security``: token and CA
+        (default: the process default, see :func:`mxfs.rpc.channel.default_security`)."""
         self.address = address
+        self.security = security
         self.timeout_s = timeout_s
         self._lock = threading.Lock()
         self._channel: grpc.Channel | None = None
@@ -66,7 +69,7 @@ class MxfsClient:
     def _stubs(self) -> tuple[mxfs_pb2_grpc.MxfsServiceStub, health_grpc.HealthServiceStub]:
         with self._lock:
             if self._channel is None:
-                self._channel = open_channel(self.address)
+                self._channel = open_channel(self.address, self.security)
                 self._stub = mxfs_pb2_grpc.MxfsServiceStub(self._channel)
                 self._read_range = self._channel.unary_stream(
                     READ_RANGE_METHOD, request_serializer=mxfs_pb2.RangeRequest.SerializeToString,

@@ -9,6 +9,8 @@ from urllib.parse import urlencode
 
 from mxfs.errors import BlockUnavailable, InvalidModelName, ManifestError, ModelNotFound
 
+MAX_ERROR_BODY = 4096  # bytes of an error answer kept for the message
+
 _ERRORS: dict[int, type[Exception]] = {400: InvalidModelName, 404: ModelNotFound, 412: ManifestError}
 
 
@@ -45,7 +47,8 @@ class HttpRangeClient:
                 conn.request("GET", f"/v1/range?{query}")
                 resp = conn.getresponse()
                 if resp.status != 200:
-                    message = resp.read().decode(errors="replace")
+                    message = resp.read(MAX_ERROR_BODY).decode(errors="replace")
+                    self._drop()  # the rest of a long error body is never read
                     raise _ERRORS.get(resp.status, BlockUnavailable)(f"data plane {resp.status}: {message}")
                 got = 0
                 while got < length:

@@ -18,7 +18,8 @@ from mxfs.config import ServerConfig
 from mxfs.origins.base import Origin
 from mxfs.origins.local import LocalOrigin
 from mxfs.rpc import model_express_health_pb2_grpc
-from mxfs.rpc.channel import CHANNEL_OPTIONS
+from mxfs.rpc.auth import server_interceptors
+from mxfs.rpc.channel import CHANNEL_OPTIONS, read_pem
 from mxfs.server import holders, modelexpress
 from mxfs.server.catalog import ModelCatalog
 from mxfs.server.datahttp import RangeServer
@@ -64,7 +65,7 @@ class Server:
         self.catalog = ModelCatalog(build_origins(config, state_dir, self.metrics), state_dir, config.block_size)
         self.grpc_server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="mxfs-rpc"),
-            options=CHANNEL_OPTIONS,
+            options=CHANNEL_OPTIONS, interceptors=server_interceptors(config.auth_token, config.auth_reads),
         )
         self.ctx = ServerContext(config, state_dir, self.catalog, self.metrics, self.grpc_server)
         self.servicer = MxfsServicer(self.catalog, self.metrics, config.chunk_size)
@@ -77,26 +78,48 @@ class Server:
         self.port = 0
         self.metrics_port = 0
 
+    def _data_plane_reason_off(self) -> str:
+        if not self.config.data_port:
+            return "off"
+        if self.config.tls_cert_file:
+            return "off: TLS is on and the data plane is plain HTTP (ranges go over gRPC)"
+        if self.config.auth_token and self.config.auth_reads:
+            return "off: reads need the token and the data plane has none (ranges go over gRPC)"
+        return ""
+
+    def _listen(self) -> int:
+        bind = f"{self.config.host}:{self.config.port}"
+        if not self.config.tls_cert_file:
+            return self.grpc_server.add_insecure_port(bind)
+        key = read_pem(self.config.tls_key_file, "TLS key file")
+        cert = read_pem(self.config.tls_cert_file, "TLS certificate file")
+        return self.grpc_server.add_secure_port(bind, grpc.ssl_server_credentials([(key, cert)]))
+
     def start(self) -> None:
-        if self.config.data_port:
+        data_off = self._data_plane_reason_off()
+        if data_off and self.config.data_port:
+            log.warning("HTTP data plane %s", data_off)
+        if not data_off:
             data = RangeServer(self.config.host, self.config.data_port, self.catalog, self.metrics,
                                self.config.chunk_size)
             data.start()
             self.servicer.data_port = data.server_address[1]
             self.ctx.on_stop.append(data.stop)
-        self.port = self.grpc_server.add_insecure_port(f"{self.config.host}:{self.config.port}")
+        self.port = self._listen()
         if self.port == 0:
             raise OSError(f"cannot listen on {self.config.host}:{self.config.port}")
         self.grpc_server.start()
         if self.config.metrics_port:
             httpd, _ = start_http_server(
-                self.config.metrics_port, addr=self.config.host, registry=self.metrics.registry
+                self.config.metrics_port, addr=self.config.metrics_host or self.config.host,
+                registry=self.metrics.registry
             )
             self.metrics_port = httpd.server_port
             self.ctx.on_stop.append(httpd.shutdown)
         self.health.set("", health_pb2.HealthCheckResponse.SERVING)
-        log.info("mxfs server listening on %s:%d (data %s, metrics %s), origins: %s", self.config.host,
-                 self.port, self.servicer.data_port or "off", self.metrics_port or "off",
+        log.info("mxfs server listening on %s:%d (%s, data %s, metrics %s), origins: %s", self.config.host,
+                 self.port, "TLS" if self.config.tls_cert_file else "plaintext",
+                 self.servicer.data_port or "off", self.metrics_port or "off",
                  [o.label for o in self.catalog.origins] or "none")
 
     def stop(self, grace: float = 5.0) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -25,17 +26,48 @@ log = logging.getLogger(__name__)
 
 RANGE_PATH = "/v1/range"
 MAX_RANGE = 64 * 1024 * 1024
+#: a connection idle (or stalled mid-request, or not reading) this long is closed
+IO_TIMEOUT_S = 30.0
+#: connections served at once (one thread each); more are answered 503 and closed
+MAX_CONNECTIONS = 256
+_BUSY = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 
 
 class RangeServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, host: str, port: int, catalog: ModelCatalog, metrics: ServerMetrics, chunk_size: int) -> None:
+    def __init__(self, host: str, port: int, catalog: ModelCatalog, metrics: ServerMetrics, chunk_size: int,
+                 timeout_s: float = IO_TIMEOUT_S, max_connections: int = MAX_CONNECTIONS) -> None:
         self.catalog = catalog
         self.metrics = metrics
         self.chunk_size = chunk_size
+        self.timeout_s = timeout_s
+        self._slots = threading.BoundedSemaphore(max_connections)
         super().__init__((host, port), RangeHandler)
+
+    def process_request(self, request, client_address) -> None:  # type: ignore[no-untyped-def]
+        """One thread per connection, at most ``max_connections`` of them; the rest get 503."""
+        if not self._slots.acquire(blocking=False):
+            self.metrics.errors.labels("HttpRange", "503").inc()
+            try:
+                request.settimeout(1.0)
+                request.sendall(_BUSY)
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:  # type: ignore[no-untyped-def]
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
     def start(self) -> threading.Thread:
         thread = threading.Thread(target=self.serve_forever, name="mxfs-data", daemon=True)
@@ -50,6 +82,10 @@ class RangeServer(ThreadingHTTPServer):
 class RangeHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: RangeServer
+
+    def setup(self) -> None:
+        self.timeout = self.server.timeout_s  # socket timeout on every read and write of this connection
+        super().setup()
 
     def log_message(self, format: str, *args: object) -> None:
         log.debug("data %s - %s", self.address_string(), format % args)
@@ -126,7 +162,12 @@ class RangeHandler(BaseHTTPRequestHandler):
             sent = 0
             out = self.connection.fileno()
             while sent < length:
-                n = os.sendfile(out, fd, offset + sent, length - sent)
+                try:
+                    n = os.sendfile(out, fd, offset + sent, length - sent)
+                except BlockingIOError:  # the socket has a timeout, so it is non-blocking underneath
+                    if not select.select([], [out], [], self.timeout)[1]:
+                        raise TimeoutError(f"client did not read for {self.timeout}s") from None
+                    continue
                 if n == 0:
                     raise OSError(f"{local} is shorter than its manifest")
                 sent += n

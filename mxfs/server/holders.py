@@ -2,19 +2,26 @@
 
 Records, all on the server's ``Store`` (sqlite by default, Redis for several replicas):
 
-* ``holders:node:<id>`` -> peer address, TTL: a node is alive while this key lives.
+* ``holders:live`` sorted set: node id -> wall-clock time its heartbeat expires. Liveness of
+  the few nodes in one answer is one ``ZMSCORE``; the live list is one ``ZRANGEBYSCORE``;
+  nothing scans every key (``SCAN`` over a shared Redis grows with everything in it).
+* ``holders:addr`` hash: node id -> peer address.
 * ``holders:file:<sha>:<bs>`` hash: node id -> compressed bitmap of the blocks it holds.
   Each announce rewrites only the fields of files that changed (a few bytes each).
-* ``holders:nodefiles:<id>`` / ``holders:nodeswarms:<id>`` hashes: what to clean up on
-  withdraw. ``holders:swarm:<model@rev>`` hash: nodes cold-reading a model right now.
+* ``holders:nodefiles:<id>`` / ``holders:nodeswarms:<id>`` hashes: what to clean up when the
+  node leaves. ``holders:swarm:<model@rev>`` hash: nodes cold-reading a model right now.
 
-Dead nodes (no heartbeat within the TTL) vanish from every answer at once and their
-fields are deleted lazily the next time a file is looked up.
+A node that withdraws (clean shutdown) is removed at once. A node whose heartbeat stops
+vanishes from every answer at its expiry, and its records are reaped ``REAP_GRACE_S`` later
+(the reaper runs at most once per TTL/3, from announces). A node that comes back after its
+heartbeat lapsed re-announces everything it holds (``Announcer``), so a reap never hides blocks
+for longer than that.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import re
 import threading
 import time
@@ -37,8 +44,11 @@ log = logging.getLogger(__name__)
 
 FILE_TTL_S = 24 * 3600.0
 LIVE_CACHE_S = 0.5
+REAP_GRACE_S = 60.0
 MAX_FILES_PER_ANNOUNCE = 4096
 MAX_SWARMS_PER_ANNOUNCE = 64
+LIVE = "holders:live"
+ADDR = "holders:addr"
 
 _NODE_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 _SHA = re.compile(r"^[0-9a-f]{64}$")
@@ -62,12 +72,14 @@ def _file_key(sha256: str, block_size: int) -> str:
 class HolderRegistry:
     """The registry's logic on a ``Store``; thread-safe (the store is)."""
 
-    def __init__(self, store: Store, ttl_s: float) -> None:
+    def __init__(self, store: Store, ttl_s: float, reap_grace_s: float = REAP_GRACE_S) -> None:
         self.store = store
         self.ttl_s = ttl_s
+        self.reap_grace_s = reap_grace_s
         self._live: dict[str, str] = {}
         self._live_at = 0.0
         self._generation = 0
+        self._reaped_at = 0.0
         self._lock = threading.Lock()
 
     # -- liveness -------------------------------------------------------------------------
@@ -78,11 +90,21 @@ class HolderRegistry:
             if time.monotonic() - self._live_at < LIVE_CACHE_S:
                 return self._live
             generation = self._generation
-        live = {k.removeprefix("holders:node:"): v.decode() for k, v in self.store.scan("holders:node:")}
+        ids = self.store.zrange_by_score(LIVE, time.time(), math.inf)
+        live = {n: a.decode() for n, a in zip(ids, self.store.hmget(ADDR, ids), strict=True) if a is not None}
         with self._lock:
-            if generation == self._generation:  # no join/withdraw raced with the scan
+            if generation == self._generation:  # no join/withdraw raced with the read
                 self._live, self._live_at = live, time.monotonic()
         return live
+
+    def live_count(self) -> int:
+        return self.store.zcount(LIVE, time.time(), math.inf)
+
+    def _alive(self, ids: list[str]) -> dict[str, str]:
+        """node id -> address for those of ``ids`` whose heartbeat has not expired."""
+        now = time.time()
+        alive = [n for n, exp in zip(ids, self.store.zscores(LIVE, ids), strict=True) if exp is not None and exp > now]
+        return {n: a.decode() for n, a in zip(alive, self.store.hmget(ADDR, alive), strict=True) if a is not None}
 
     def _invalidate(self) -> None:
         with self._lock:
@@ -98,66 +120,79 @@ class HolderRegistry:
         _check(_ADDRESS, address, "address")
         if len(files) > MAX_FILES_PER_ANNOUNCE or len(swarms) + len(left_swarms) > MAX_SWARMS_PER_ANNOUNCE:
             raise ValueError("announce too large: send it in batches")
-        st, ttl = self.store, self.ttl_s
-        is_new = st.get(f"holders:node:{node_id}") is None
-        st.put(f"holders:node:{node_id}", address.encode(), ttl)
+        st, ttl, now = self.store, self.ttl_s, time.time()
+        (expires,) = st.zscores(LIVE, [node_id])
+        is_new = expires is None or expires <= now
+        st.zadd(LIVE, {node_id: now + ttl})
+        if is_new or st.hget(ADDR, node_id) != address.encode():
+            st.hset(ADDR, {node_id: address.encode()})
         for sha, bs, bitmap in files:
             key = _file_key(sha, bs)
             if len(bitmap) > MAX_BITMAP_BYTES:
                 raise ValueError("bitmap too large")
             if bitmap:
                 st.hset(f"holders:file:{key}", {node_id: bitmap}, FILE_TTL_S)
-                st.hset(f"holders:nodefiles:{node_id}", {key: b"1"}, ttl)
+                st.hset(f"holders:nodefiles:{node_id}", {key: b"1"}, FILE_TTL_S)
             else:
                 st.hdel(f"holders:file:{key}", node_id)
                 st.hdel(f"holders:nodefiles:{node_id}", key)
         for swarm in swarms:
             _check(_SWARM, swarm, "swarm")
             st.hset(f"holders:swarm:{swarm}", {node_id: b"1"}, ttl)
-            st.hset(f"holders:nodeswarms:{node_id}", {swarm: b"1"}, ttl)
+            st.hset(f"holders:nodeswarms:{node_id}", {swarm: b"1"}, FILE_TTL_S)
         for swarm in left_swarms:
             _check(_SWARM, swarm, "swarm")
             st.hdel(f"holders:swarm:{swarm}", node_id)
             st.hdel(f"holders:nodeswarms:{node_id}", swarm)
-        st.expire(f"holders:nodefiles:{node_id}", ttl)
-        st.expire(f"holders:nodeswarms:{node_id}", ttl)
+        st.expire(f"holders:nodefiles:{node_id}", FILE_TTL_S)
+        st.expire(f"holders:nodeswarms:{node_id}", FILE_TTL_S)
         if is_new:
             self._invalidate()
             log.info("peer node %s joined at %s", node_id, address)
+        self.reap(now)
 
-    def withdraw(self, node_id: str) -> None:
-        """Forget a node now (clean shutdown)."""
-        _check(_NODE_ID, node_id, "node id")
+    def _forget(self, node_id: str) -> None:
         st = self.store
         for key in st.hgetall(f"holders:nodefiles:{node_id}"):
             st.hdel(f"holders:file:{key}", node_id)
         for swarm in st.hgetall(f"holders:nodeswarms:{node_id}"):
             st.hdel(f"holders:swarm:{swarm}", node_id)
-        for key in ("node", "nodefiles", "nodeswarms"):
-            st.delete(f"holders:{key}:{node_id}")
+        st.delete(f"holders:nodefiles:{node_id}")
+        st.delete(f"holders:nodeswarms:{node_id}")
+        st.zrem(LIVE, node_id)
+        st.hdel(ADDR, node_id)
+
+    def reap(self, now: float | None = None, force: bool = False) -> None:
+        """Forget nodes whose heartbeat expired over ``reap_grace_s`` ago (at most once per TTL/3)."""
+        now = time.time() if now is None else now
+        with self._lock:
+            if not force and time.monotonic() - self._reaped_at < self.ttl_s / 3:
+                return
+            self._reaped_at = time.monotonic()
+        for node_id in self.store.zrange_by_score(LIVE, -math.inf, now - self.reap_grace_s):
+            self._forget(node_id)
+            log.info("peer node %s reaped (no heartbeat for %gs)", node_id, self.ttl_s + self.reap_grace_s)
+
+    def withdraw(self, node_id: str) -> None:
+        """Forget a node now (clean shutdown)."""
+        _check(_NODE_ID, node_id, "node id")
+        self._forget(node_id)
         self._invalidate()
         log.info("peer node %s withdrew", node_id)
 
     # -- reads ----------------------------------------------------------------------------
 
     def holders(self, sha256: str, block_size: int) -> list[tuple[str, str, bytes]]:
-        """(node id, address, bitmap) of live holders.
-
-        Fields of dead nodes are only filtered here, never deleted: a read with a slightly stale
-        view of the live nodes must not delete what a (re)joining node has just announced.
-        A clean shutdown deletes its fields (``withdraw``); a crashed node's small bitmaps go
-        with the file's hash once nobody announces that file for ``FILE_TTL_S``.
-        """
-        key = f"holders:file:{_file_key(sha256, block_size)}"
-        fields = self.store.hgetall(key)
-        live = self.live_nodes()
-        return sorted((n, live[n], bm) for n, bm in fields.items() if n in live)
+        """(node id, address, bitmap) of live holders; only the file's holders are checked for liveness."""
+        fields = self.store.hgetall(f"holders:file:{_file_key(sha256, block_size)}")
+        alive = self._alive(sorted(fields))
+        return [(n, alive[n], fields[n]) for n in sorted(alive)]
 
     def swarm(self, swarm: str) -> list[tuple[str, str]]:
         """(node id, address) of live members of ``swarm``, sorted by id."""
         _check(_SWARM, swarm, "swarm")
-        live = self.live_nodes()
-        return sorted((n, live[n]) for n in self.store.hgetall(f"holders:swarm:{swarm}") if n in live)
+        alive = self._alive(sorted(self.store.hgetall(f"holders:swarm:{swarm}")))
+        return sorted(alive.items())
 
 
 class BlockHoldersServicer(peer_pb2_grpc.BlockHoldersServicer):
@@ -178,14 +213,14 @@ class BlockHoldersServicer(peer_pb2_grpc.BlockHoldersServicer):
         self.registry.announce(request.node.node_id, request.node.address, files,
                                list(request.swarms), list(request.left_swarms))
         self.announced.inc(len(files))
-        self.nodes_gauge.set(len(self.registry.live_nodes()))
+        self.nodes_gauge.set(self.registry.live_count())
         return peer_pb2.AnnounceReply(ttl_s=self.registry.ttl_s)
 
     @token_required
     @rpc("Withdraw")
     def Withdraw(self, request: peer_pb2.WithdrawRequest, context: grpc.ServicerContext) -> peer_pb2.WithdrawReply:
         self.registry.withdraw(request.node_id)
-        self.nodes_gauge.set(len(self.registry.live_nodes()))
+        self.nodes_gauge.set(self.registry.live_count())
         return peer_pb2.WithdrawReply()
 
     @token_required

@@ -17,10 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from mxfs.rpc import csi_pb2, csi_pb2_grpc
 from mxfs_csi import mounts
+from tests.support.needs import need_fuse
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 DRIVER = "csi.test.mxfs.io"
@@ -87,8 +86,7 @@ def mount_dead_fuse(path: Path) -> None:
     Mounts a FUSE filesystem on a fresh /dev/fuse descriptor and closes it at once,
     which aborts the connection exactly as a daemon's death does.
     """
-    if not os.path.exists("/dev/fuse"):
-        pytest.skip("no /dev/fuse on this machine")
+    need_fuse()
     fd = os.open("/dev/fuse", os.O_RDWR)
     try:
         opts = f"fd={fd},rootmode=40000,user_id=0,group_id=0".encode()

@@ -288,7 +288,8 @@ def test_server_ports_and_addresses_agree(values_name: str | None) -> None:
 
     [ds] = by_kind(docs, "DaemonSet")
     daemon = container(ds["spec"]["template"]["spec"], "mxfsd")
-    assert flag(daemon["args"], "server") == "mxfs-server.mxfs.svc:8001"
+    scheme = "https://" if values.get("tls", {}).get("secret") else ""
+    assert flag(daemon["args"], "server") == f"{scheme}mxfs-server.mxfs.svc:8001"
     peer_port = flag(daemon["args"], "peer-port")
     assert peer_port == "9093"
     assert {p["name"]: p["containerPort"] for p in daemon["ports"]}["peer"] == int(peer_port)
@@ -308,3 +309,34 @@ def test_server_ports_and_addresses_agree(values_name: str | None) -> None:
 
 def pod_labels(workload: dict[str, Any]) -> dict[str, str]:
     return workload["spec"]["template"]["metadata"]["labels"]
+
+
+@pytest.mark.parametrize("values_name", list(VALUES), ids=lambda n: n or "default")
+def test_token_and_tls_are_wired_when_turned_on(values_name: str | None) -> None:
+    values = VALUES[values_name] or {}
+    auth, tls = values.get("auth", {}), values.get("tls", {})
+    docs = render.documents(VALUES[values_name])
+    server = next(d for d in by_kind(docs, "Deployment") if d["metadata"]["name"] == "mxfs-server")
+    main = container(server["spec"]["template"]["spec"], "server")
+    [ds] = by_kind(docs, "DaemonSet")
+    daemon = container(ds["spec"]["template"]["spec"], "mxfsd")
+    # the daemon's metrics listen on the pod IP, not on every interface
+    assert flag(daemon["args"], "metrics-host") == "$(POD_IP)"
+    pod_ip = next(e for e in daemon["env"] if e["name"] == "POD_IP")
+    assert pod_ip["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+    for c, pod in ((main, server["spec"]["template"]["spec"]), (daemon, ds["spec"]["template"]["spec"])):
+        has_token = any(a.startswith("--auth-token-file=") for a in c["args"])
+        assert has_token == bool(auth.get("tokenSecret"))
+        if has_token:
+            assert flag(c["args"], "auth-token-file").startswith(mount(c, "auth-token")["mountPath"] + "/")
+            assert volume(pod, "auth-token")["secret"]["secretName"] == auth["tokenSecret"]
+        has_tls = any(a.startswith("--tls-cert-file=") for a in c["args"])
+        assert has_tls == bool(tls.get("secret"))
+        if has_tls:
+            assert flag(c["args"], "tls-key-file").startswith(mount(c, "tls")["mountPath"] + "/")
+            assert volume(pod, "tls")["secret"]["secretName"] == tls["secret"]
+    assert ("--auth-reads" in main["args"]) == bool(auth.get("tokenSecret") and auth.get("requireForReads"))
+    if tls.get("secret"):
+        assert flag(daemon["args"], "tls-ca-file") == "/etc/mxfs/tls/ca.crt"
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            assert "tcpSocket" in main[probe] and "grpc" not in main[probe]  # kubelet gRPC probes lack TLS

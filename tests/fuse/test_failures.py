@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from mxfs import nodectl
+from mxfs.demo import wait_for
 from mxfs.modelgen import ModelShape, generate_model
 from mxfs_daemon import mountpoint as mounts
 from tests.conftest import BLOCK_SIZE, MODEL, sha256_file
@@ -31,28 +35,52 @@ def test_sigterm_unmounts_cleanly(start_server, start_mount):
     assert not mounts.is_mounted(daemon.mountpoint)
 
 
+@contextlib.contextmanager
+def hung(server) -> Iterator[None]:
+    """The server's process stopped (SIGSTOP): its sockets still accept, nothing ever answers."""
+    os.kill(server.proc.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(server.proc.pid, signal.SIGCONT)
+
+
+def _blocked_on(tid: int, fd: int) -> bool:
+    """Whether thread ``tid`` of this process sits in a system call on ``fd`` (/proc/.../syscall)."""
+    try:
+        fields = Path(f"/proc/self/task/{tid}/syscall").read_text().split()
+    except OSError:
+        return False
+    return len(fields) > 3 and fields[0] not in ("running", "-1") and int(fields[1], 16) == fd
+
+
 def test_kill9_mid_read_then_restart_serves_correct_bytes(start_server, start_mount, origin_hashes):
     server = start_server()
-    daemon = start_mount(server, extra=["--fetch-workers", "1", "--readahead-blocks", "0"])
+    daemon = start_mount(server, extra=["--fetch-workers", "1", "--readahead-blocks", "0", "--fetch-timeout", "120"])
     big = _shards(daemon.mountpoint / MODEL)[0]
-    errors: list[BaseException] = []
+    outcome: dict[str, object] = {}
+    fh = open(big, "rb", buffering=0)  # noqa: SIM115 - closed below, after the daemon died
+    assert len(fh.read(4 * BLOCK_SIZE)) == 4 * BLOCK_SIZE  # the first blocks arrive
+    fh.seek(big.stat().st_size - BLOCK_SIZE)  # far beyond any kernel readahead
 
     def reader() -> None:
         try:
-            with open(big, "rb") as fh:
-                while fh.read(BLOCK_SIZE):
-                    pass
+            outcome["data"] = fh.read(BLOCK_SIZE)
         except OSError as exc:
-            errors.append(exc)
+            outcome["error"] = exc
 
-    t = threading.Thread(target=reader)
-    t.start()
-    deadline = time.monotonic() + 20
-    while server.metric("mxfs_server_bytes_served_total") < 4 * BLOCK_SIZE and time.monotonic() < deadline:
-        time.sleep(0.02)
-    daemon.stop(kill=True)
-    t.join(timeout=30)
+    with hung(server):  # the next block cannot arrive: the read stays in flight until the kill
+        t = threading.Thread(target=reader)
+        t.start()
+        wait_for(lambda: t.native_id is not None and _blocked_on(t.native_id, fh.fileno()), 20,
+                 "the reader blocked in read(2) on the mount")
+        daemon.stop(kill=True)
+        t.join(timeout=30)
+    with contextlib.suppress(OSError):  # the flush on close meets the dead connection
+        fh.close()
     assert not t.is_alive()
+    # the reader's one read(2), seen blocked in the kernel before the kill, failed with the daemon
+    assert "data" not in outcome and outcome["error"].errno in (errno.ECONNABORTED, errno.ENOTCONN), outcome
     with pytest.raises(OSError) as info:
         os.stat(daemon.mountpoint / "never-looked-up")
     assert info.value.errno in (errno.ENOTCONN, errno.ECONNABORTED)
@@ -109,6 +137,39 @@ def test_server_gone_cached_reads_work_uncached_fail_fast_then_recover(start_ser
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
+
+
+def test_hung_server_cached_reads_work_uncached_fail_within_the_fetch_timeout(start_server, start_mount,
+                                                                             origin_hashes):
+    server = start_server()
+    timeout_s = 3
+    daemon = start_mount(server, extra=["--fetch-timeout", str(timeout_s), "--readahead-blocks", "0"])
+    model = daemon.mountpoint / MODEL
+    shards = _shards(model)
+    assert sha256_file(shards[0]) == origin_hashes[shards[0].name]
+    with hung(server):
+        # cached: served from the node's cache (the kernel's copy dropped first), the server never asked
+        with open(shards[0], "rb") as fh:
+            os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+        assert sha256_file(shards[0]) == origin_hashes[shards[0].name]
+        # uncached: EIO once the fetch timeout has passed, not a reader stuck on the silent server
+        start = time.monotonic()
+        with pytest.raises(OSError) as info, open(shards[-1], "rb") as fh:
+            fh.read(BLOCK_SIZE)
+        elapsed = time.monotonic() - start
+        assert info.value.errno == errno.EIO
+        assert elapsed < timeout_s + 5, f"an uncached read took {elapsed:.1f}s with a {timeout_s}s fetch timeout"
+    # the server answers again: the same read succeeds (bounded wait for any back-off to pass)
+    wait_for(lambda: _reads(shards[-1]), 30, "reads after the server resumed")
+    assert sha256_file(shards[-1]) == origin_hashes[shards[-1].name]
+
+
+def _reads(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            return len(fh.read(BLOCK_SIZE)) == BLOCK_SIZE
+    except OSError:
+        return False
 
 
 def test_eviction_keeps_cache_under_bound(start_server, start_mount, origin_hashes):

@@ -13,7 +13,7 @@ import pytest
 
 from mxfs.manifest.names import hub_folder
 from tests.conftest import BLOCK_SIZE, MODEL, sha256_file
-from tests.support.cluster import fuse_available
+from tests.support.needs import need_fuse
 
 
 def test_tree_appears_without_moving_weight_bytes(mxfs_mount, origin_hashes):
@@ -135,8 +135,8 @@ def test_unknown_and_hostile_names(mxfs_mount):
         assert not (mnt / "test-org" / bad).exists()
 
 
-@pytest.mark.skipif(not fuse_available(), reason="needs /dev/fuse and fusermount3")
 def test_demo_command_end_to_end(tmp_path):
+    need_fuse()
     out = subprocess.run([sys.executable, "-m", "mxfs", "demo", "--dir", str(tmp_path / "demo"), "--size", "16MiB",
                           "--check"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr

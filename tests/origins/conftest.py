@@ -9,6 +9,7 @@ import pytest
 
 from tests.conftest import MODEL
 from tests.support.hf_endpoint import HubEndpoint
+from tests.support.needs import missing
 from tests.support.s3 import S3Server, s3rver_path
 
 BUCKET = "models"
@@ -27,7 +28,7 @@ def hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[HubEndpoint]:
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     if s3rver_path() is None:
-        pytest.skip("s3rver is not installed and cannot be installed with npm")
+        missing("s3rver", "s3rver is not installed and cannot be installed with npm (npm install -g s3rver)")
     server = S3Server(tmp_path_factory.mktemp("s3rver"), buckets=(BUCKET, "other")).start()
     yield server
     server.stop()
@@ -72,6 +73,7 @@ def inproc_server(tmp_path: Path) -> Iterator:
     def start(**cfg: object):
         cfg.setdefault("cache_dir", str(tmp_path / f"server-{len(servers)}"))
         cfg.setdefault("block_size", BLOCK_SIZE)
+        cfg.setdefault("data_port", free_port())  # never the fixed default 8002 (tests run side by side)
         server = Server(ServerConfig(host="127.0.0.1", port=free_port(), metrics_port=0, **cfg))
         server.start()
         server.address = f"127.0.0.1:{server.port}"

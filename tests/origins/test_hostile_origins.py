@@ -95,3 +95,36 @@ def test_s3_body_that_ignores_range_is_read_with_a_bound(range_ignoring_s3: str,
     with pytest.raises(SourceError, match="range"):
         store.get_range("org/model/weights.bin", 4096, 1024, "abc")
     assert _RangeIgnoringS3.sent < 64 * 1024 * 1024, "the whole body was read"
+
+
+class _ListingStore:
+    """An object store whose listing is whatever the test says (no bytes are ever read)."""
+
+    scheme, bucket = "s3", "hostile"
+
+    def __init__(self, listing: list[tuple[str, int, str]]) -> None:
+        self.listing = listing
+
+    def list(self, prefix: str) -> list[tuple[str, int, str]]:
+        return [(k, s, e) for k, s, e in self.listing if k.startswith(prefix)]
+
+    def get_range(self, key: str, offset: int, length: int, etag: str) -> bytes:
+        raise AssertionError("a hostile listing must be refused before any read")
+
+
+@pytest.mark.parametrize("size", [-1, 1 << 62])
+def test_hostile_object_listing_sizes_are_refused(size: int) -> None:
+    from mxfs.origins.objstore import ObjectStoreSource
+
+    store = _ListingStore([("m/org/model/config.json", 10, "e1"), ("m/org/model/w.bin", size, "e2")])
+    with pytest.raises(ManifestError, match="size"):
+        ObjectStoreSource(store, "m").snapshot("org/model", "")
+
+
+def test_hostile_object_keys_are_skipped() -> None:
+    from mxfs.origins.objstore import ObjectStoreSource
+
+    store = _ListingStore([("m/org/model/config.json", 10, "e1"), ("m/org/model/../../../pwned", 5, "e2"),
+                           ("m/org/model/a//b", 5, "e3"), ("m/org/model/nul\x00", 5, "e4")])
+    snap = ObjectStoreSource(store, "m").snapshot("org/model", "")
+    assert [f.path for f in snap.files] == ["config.json"]

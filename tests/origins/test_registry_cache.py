@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from mxfs.demo import wait_for
 from mxfs.errors import ModelNotFound
 from mxfs.origins.hf import HuggingFaceSource
 from mxfs.registry.store import EmbeddedStore, RedisStore
@@ -46,10 +47,12 @@ def test_lease_takeover_and_no_stuck_downloading(store_factory):
     lease = a.acquire("o/m", "r" * 40)
     assert lease is not None and b.acquire("o/m", "r" * 40) is None
     a.set_status("o/m", "r" * 40, Status.DOWNLOADING)
-    time.sleep(1.5)  # renewed in the background: still owned
-    assert b.acquire("o/m", "r" * 40) is None and b.get("o/m", "r" * 40).status is Status.DOWNLOADING
+    past_ttl = time.monotonic() + 1.5
+    while time.monotonic() < past_ttl:  # renewed in the background: owned throughout, past its TTL
+        assert b.acquire("o/m", "r" * 40) is None and b.get("o/m", "r" * 40).status is Status.DOWNLOADING
+        time.sleep(0.1)
     lease._stop.set()  # replica a "crashes": renewals stop, nothing is released
-    time.sleep(1.6)
+    wait_for(lambda: b.get("o/m", "r" * 40).status is Status.ERROR, 10, "the dead lease to expire")
     rec = b.get("o/m", "r" * 40)
     assert rec.status is Status.ERROR and "interrupted" in rec.message
     taken = b.acquire("o/m", "r" * 40)
@@ -88,7 +91,7 @@ def test_replicas_share_redis_registry_and_cache(hub, redis_server, tmp_path):
 
 
 def test_second_replica_waits_for_the_lease_holder(hub, tmp_path):
-    hub.add_commit("o/m", _files(2, 2_000_000))
+    commit = hub.add_commit("o/m", _files(2, 2_000_000))
     store = EmbeddedStore(tmp_path / "r.sqlite3")
     one = ModelCache(tmp_path, ModelRegistry(store, "one"), workers=1, part_size=256 * 1024)
     two = ModelCache(tmp_path, ModelRegistry(store, "two"))
@@ -97,7 +100,7 @@ def test_second_replica_waits_for_the_lease_holder(hub, tmp_path):
     t = threading.Thread(target=lambda: results.setdefault("one", HydratingOrigin(src, one).resolve(
         "o/m", "main", BLOCK_SIZE)))
     t.start()
-    time.sleep(0.05)
+    wait_for(lambda: one.registry.holder("o/m", commit) == "one" or "one" in results, 30, "replica one's lease")
     results["two"] = HydratingOrigin(src, two).resolve("o/m", "main", BLOCK_SIZE)
     t.join(30)
     assert results["one"] == results["two"]

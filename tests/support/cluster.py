@@ -7,7 +7,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,10 +34,12 @@ class ServerProc:
     data_port: int = field(default_factory=free_port)
     proc: subprocess.Popen | None = None
     log_path: Path | None = None
+    extra: list[str] = field(default_factory=list)
+    scheme: str = ""  # "https://" for a TLS server
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.scheme}127.0.0.1:{self.port}"
 
     def start(self) -> ServerProc:
         self.log_path = self.cache_dir.parent / f"server-{self.port}.log"
@@ -46,7 +47,7 @@ class ServerProc:
             [*PYTHON, "server", "--host", "127.0.0.1", "--port", str(self.port),
              "--metrics-port", str(self.metrics_port), "--data-port", str(self.data_port),
              "--cache-dir", str(self.cache_dir),
-             "--models-dir", str(self.models_dir), "--block-size", str(self.block_size)],
+             "--models-dir", str(self.models_dir), "--block-size", str(self.block_size), *self.extra],
             env=_env(), stdout=self.log_path.open("a"), stderr=subprocess.STDOUT,
         )
         client = MxfsClient(self.address)
@@ -132,10 +133,6 @@ class MountProc:
 
 def fuse_available() -> bool:
     return os.access("/dev/fuse", os.R_OK | os.W_OK) and shutil.which("fusermount3") is not None
-
-
-def settle(seconds: float = 0.2) -> None:
-    time.sleep(seconds)
 
 
 @dataclass

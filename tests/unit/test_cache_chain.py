@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 
 import pytest
 import trio
@@ -113,8 +114,16 @@ def test_lying_tier_is_skipped_and_quarantined(tmp_path):
 def test_stalled_tier_times_out(tmp_path):
     data = b"q" * (2 * BS)
     m = _manifest(data)
-    chain, _ = _chain(tmp_path, [BytesTier("peer", data, "stall"), BytesTier("server", data)], timeout=0.3)
+    peer, server = BytesTier("peer", data, "stall"), BytesTier("server", data)
+    chain, _ = _chain(tmp_path, [peer, server], timeout=0.3)
+    start = time.monotonic()
     assert trio.run(chain.block, m, m.files[0], 1) == data[BS:]
+    elapsed = time.monotonic() - start
+    # the stalled tier (60 s) is given up after the 0.3 s timeout, not waited out; slack for 2 busy cores
+    assert 0.3 <= elapsed < 5, elapsed
+    assert (peer.calls, server.calls) == (1, 1)
+    labels = {"tier": "peer", "reason": "timeout"}
+    assert chain.stats.registry.get_sample_value("mxfs_node_tier_failures_total", labels) == 1
 
 
 def test_all_tiers_failing_raises_block_unavailable(tmp_path):

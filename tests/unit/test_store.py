@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
+from mxfs.demo import wait_for
 from mxfs.registry.store import EmbeddedStore, open_store
 
 
@@ -20,8 +19,7 @@ def test_put_get_delete(store):
 def test_ttl_expires(store):
     store.put("t", b"x", ttl_s=0.2)
     assert store.get("t") == b"x"
-    time.sleep(0.35)
-    assert store.get("t") is None
+    wait_for(lambda: store.get("t") is None, 5, "the key to expire")
 
 
 def test_put_if_absent_and_cas(store):
@@ -47,8 +45,7 @@ def test_hashes_with_ttl(store):
     assert store.hdel("h", "f1") == 1
     assert store.hgetall("h") == {"f2": b"2"}
     store.hset("g", {"x": b"y"}, ttl_s=0.2)
-    time.sleep(0.35)
-    assert store.hgetall("g") == {}
+    wait_for(lambda: store.hgetall("g") == {}, 5, "the hash to expire")
 
 
 def test_embedded_survives_reopen(tmp_path):

@@ -6,13 +6,15 @@ import os
 
 import pytest
 
+from tests.support.needs import missing, need_module
+
 os.environ.setdefault("UCX_NET_DEVICES", "lo")
 
 
 @pytest.fixture
 def nixl_torch():
-    pytest.importorskip("torch")
+    need_module("torch", "pip install torch==2.13.0")
     from mxfs.weight_sources.agent import nixl_available
 
     if not nixl_available():
-        pytest.skip("nixl is not installed (pip install --no-deps nixl nixl-cu13)")
+        missing("nixl", "nixl is not installed (pip install --no-deps nixl nixl-cu13)")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-torch = pytest.importorskip("torch")
+from tests.support.needs import need_module
+
+torch = need_module("torch", "pip install torch==2.13.0")
 
 from mxfs.weight_sources import checksum as cs  # noqa: E402
 

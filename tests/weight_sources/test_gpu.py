@@ -9,14 +9,16 @@ from pathlib import Path
 
 import pytest
 
-torch = pytest.importorskip("torch")
+from tests.support.needs import need_gpu, need_module
+
+torch = need_module("torch", "pip install torch==2.13.0")
 
 pytestmark = pytest.mark.gpu
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_pull_paths_verified():
+    need_gpu(torch)
     out = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_pull.py"), "--gib", "0.25", "--tensors", "8",
                           "--repeat", "1"], capture_output=True, text=True, timeout=600,
                          env=dict(os.environ, UCX_NET_DEVICES=os.environ.get("UCX_NET_DEVICES", "lo")))

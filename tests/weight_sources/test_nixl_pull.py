@@ -13,8 +13,9 @@ import time
 import pytest
 
 from mxfs.weight_sources.model import SourceIdentity, Status
+from tests.support.needs import need_module
 
-torch = pytest.importorskip("torch")
+torch = need_module("torch", "pip install torch==2.13.0")
 
 IDENT = SourceIdentity("test-org/tiny-llama", "b" * 40, "bfloat16", backend_version="test", device="cpu")
 

@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from mxfs.demo import wait_for
 from mxfs.weight_sources.errors import SourceGone
 from mxfs.weight_sources.model import SourceIdentity, SourceInfo, Status
 from mxfs.weight_sources.registry import SourceRegistry
@@ -47,8 +48,8 @@ def test_stale_then_reaped_and_heartbeat_keeps_alive(store):
     assert [s.source_id for s in reg.list(IDENT)] == ["alive"]
     stale = {s.source_id: s.status for s in reg.list(IDENT, include_stale=True)}
     assert stale == {"alive": Status.READY, "dead": Status.STALE}
-    time.sleep(3.2)
-    assert reg.list(IDENT, include_stale=True) == []  # both reaped: 'alive' stopped beating too
+    # both reaped: 'alive' stopped beating too
+    wait_for(lambda: reg.list(IDENT, include_stale=True) == [], 10, "both sources to be reaped")
     with pytest.raises(SourceGone):
         reg.heartbeat("dead")
 
@@ -65,7 +66,8 @@ def test_heartbeat_does_not_rewrite_the_metadata(store):
 def test_restarted_worker_never_matches_its_dead_entry(store):
     reg = SourceRegistry(store, stale_s=0.3, reap_s=30)
     reg.publish(info("old-process"), b"md", b"m")
-    time.sleep(0.5)  # the old process died: no heartbeats
+    # the old process died: no heartbeats, so it turns STALE
+    wait_for(lambda: reg.list(IDENT) == [], 10, "the dead source to turn stale")
     reg.publish(info("new-process"), b"md", b"m")
     assert [s.source_id for s in reg.list(IDENT)] == ["new-process"]
 

@@ -40,7 +40,34 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 
 {{- define "mxfs.serverAddress" -}}
-{{ include "mxfs.fullname" . }}-server.{{ .Release.Namespace }}.svc:{{ .Values.server.port }}
+{{ if .Values.tls.secret }}https://{{ end }}{{ include "mxfs.fullname" . }}-server.{{ .Release.Namespace }}.svc:{{ .Values.server.port }}
+{{- end -}}
+{{/* Volume mounts of the auth token and TLS secrets (server and node daemon). */}}
+{{- define "mxfs.secretMounts" -}}
+{{- if .Values.auth.tokenSecret }}
+- name: auth-token
+  mountPath: /etc/mxfs/auth
+  readOnly: true
+{{- end }}
+{{- if .Values.tls.secret }}
+- name: tls
+  mountPath: /etc/mxfs/tls
+  readOnly: true
+{{- end }}
+{{- end -}}
+{{- define "mxfs.secretVolumes" -}}
+{{- if .Values.auth.tokenSecret }}
+- name: auth-token
+  secret:
+    secretName: {{ .Values.auth.tokenSecret }}
+    defaultMode: 0440  # readable by the fsGroup of the non-root server
+{{- end }}
+{{- if .Values.tls.secret }}
+- name: tls
+  secret:
+    secretName: {{ .Values.tls.secret }}
+    defaultMode: 0440  # readable by the fsGroup of the non-root server
+{{- end }}
 {{- end -}}
 
 {{- define "mxfs.redisUrl" -}}
