@@ -8,7 +8,7 @@ import os
 import socket
 from pathlib import Path
 
-from mxfs_csi import DEFAULT_DRIVER_NAME
+from mxfs_csi import DEFAULT_DRIVER_NAME, DEFAULT_KUBELET_DIR
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -45,6 +45,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_DRIVER_NAME,
         help=f"CSI driver name, as in the CSIDriver object (default: {DEFAULT_DRIVER_NAME})",
     )
+    parser.add_argument(
+        "--kubelet-dir",
+        type=Path,
+        default=Path(os.environ.get("KUBELET_DIR", str(DEFAULT_KUBELET_DIR))),
+        help=f"kubelet's root directory; target paths outside it are refused "
+        f"(default: $KUBELET_DIR or {DEFAULT_KUBELET_DIR})",
+    )
     parser.add_argument("--workers", type=int, default=8, help="gRPC worker threads")
     parser.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
 
@@ -63,5 +70,6 @@ def run(args: argparse.Namespace) -> int:
         mountpoint=args.mountpoint,
         driver_name=args.driver_name,
         workers=args.workers,
+        kubelet_dir=args.kubelet_dir,
     )
     return serve(config)

@@ -22,6 +22,7 @@ MS_NODEV = 0x4
 MS_REMOUNT = 0x20
 MS_BIND = 0x1000
 MNT_DETACH = 0x2
+UMOUNT_NOFOLLOW = 0x8  # never follow a symlink placed at a target path
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _libc.mount.argtypes = [ctypes.c_char_p] * 3 + [ctypes.c_ulong, ctypes.c_char_p]
@@ -114,17 +115,16 @@ def bind_read_only(source: str | os.PathLike[str], target: str | os.PathLike[str
 
 
 def unmount(target: str | os.PathLike[str]) -> None:
-    """Unmount ``target``; a busy mount is detached lazily (its pod is already gone).
-
-    EINVAL (not a mount point any more) counts as done.
+    """Unmount ``target`` (not following a symlink there); a busy mount is detached lazily
+    (its pod is already gone). EINVAL (not a mount point any more) counts as done.
     """
     path = os.fsencode(target)
-    if _libc.umount2(path, 0) == 0:
+    if _libc.umount2(path, UMOUNT_NOFOLLOW) == 0:
         return
     err = ctypes.get_errno()
     if err == errno.EINVAL:
         return
     if err == errno.EBUSY:
-        _check(_libc.umount2(path, MNT_DETACH), "lazy unmount of", os.fsdecode(path))
+        _check(_libc.umount2(path, MNT_DETACH | UMOUNT_NOFOLLOW), "lazy unmount of", os.fsdecode(path))
         return
     raise OSError(err, f"unmount {os.fsdecode(path)}: {os.strerror(err)}", os.fsdecode(path))

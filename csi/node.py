@@ -10,6 +10,7 @@ import grpc
 from mxfs.errors import MxfsError
 from mxfs.nodectl import hydrate_model
 from mxfs.rpc import csi_pb2, csi_pb2_grpc
+from mxfs_csi import DEFAULT_KUBELET_DIR
 from mxfs_csi.nodemount import NodeMount
 from mxfs_csi.publisher import Publisher, canonical_target
 from mxfs_csi.status import (
@@ -87,20 +88,37 @@ def check_capability(capability: csi_pb2.VolumeCapability, readonly: bool) -> No
         raise failed_precondition(f"mxfs volumes are read-only: access mode {Mode.Mode.Name(mode)} needs readonly=true")
 
 
-class NodeService(csi_pb2_grpc.NodeServicer):
-    """NodePublish/Unpublish, NodeGetVolumeStats, NodeGetCapabilities, NodeGetInfo."""
+def under(path: Path, root: Path) -> bool:
+    """True if ``path`` is strictly inside ``root``."""
+    return path != root and path.is_relative_to(root)
 
-    def __init__(self, node_id: str, node_mount: NodeMount, publisher: Publisher) -> None:
+
+class NodeService(csi_pb2_grpc.NodeServicer):
+    """NodePublish/Unpublish, NodeGetVolumeStats, NodeGetCapabilities, NodeGetInfo.
+
+    Target paths are accepted only inside the kubelet directory (symlinks of their parents
+    resolved), so a request can never mount over, unmount or remove anything else.
+    """
+
+    def __init__(self, node_id: str, node_mount: NodeMount, publisher: Publisher,
+                 kubelet_dir: Path = DEFAULT_KUBELET_DIR) -> None:
         self.node_id = node_id
         self.node_mount = node_mount
         self.publisher = publisher
+        self.kubelet_dir = Path(os.path.realpath(kubelet_dir))
+
+    def _target(self, value: str, field: str) -> Path:
+        target = canonical_target(_absolute_path(value, field))
+        if not under(target, self.kubelet_dir):
+            raise invalid_argument(f"{field} {value!r} is outside the kubelet directory {self.kubelet_dir}")
+        return target
 
     @rpc
     def NodePublishVolume(
         self, request: csi_pb2.NodePublishVolumeRequest, context: grpc.ServicerContext
     ) -> csi_pb2.NodePublishVolumeResponse:
         _required(request.volume_id, "volume_id")
-        target = _absolute_path(request.target_path, "target_path")
+        target = self._target(request.target_path, "target_path")
         if not request.HasField("volume_capability"):
             raise invalid_argument("volume_capability is required")
         check_capability(request.volume_capability, request.readonly)
@@ -108,7 +126,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         source = self.node_mount.model_dir(volume)
         if volume.hydrate:
             wait_hydrated(source, context.time_remaining())
-        self.publisher.publish(source, canonical_target(target))
+        self.publisher.publish(source, target)
         return csi_pb2.NodePublishVolumeResponse()
 
     @rpc
@@ -116,8 +134,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         self, request: csi_pb2.NodeUnpublishVolumeRequest, context: grpc.ServicerContext
     ) -> csi_pb2.NodeUnpublishVolumeResponse:
         _required(request.volume_id, "volume_id")
-        target = _absolute_path(request.target_path, "target_path")
-        self.publisher.unpublish(canonical_target(target))
+        self.publisher.unpublish(self._target(request.target_path, "target_path"))
         return csi_pb2.NodeUnpublishVolumeResponse()
 
     @rpc
@@ -126,7 +143,8 @@ class NodeService(csi_pb2_grpc.NodeServicer):
     ) -> csi_pb2.NodeGetVolumeStatsResponse:
         _required(request.volume_id, "volume_id")
         path = canonical_target(_absolute_path(request.volume_path, "volume_path"))
-        if not self.publisher.is_published(path):
+        if not under(path, self.kubelet_dir) or self.publisher.published_at(path) is None:
+            # the spec's error table: no volume of this driver at volume_path is NOT_FOUND
             raise not_found(f"volume {request.volume_id} is not published at {path}")
         try:
             st = os.statvfs(path)

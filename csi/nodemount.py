@@ -5,10 +5,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from mxfs import nodectl
+from mxfs.errors import InvalidModelName, ModelNotFound, MxfsError
 from mxfs.manifest.names import hub_folder, is_commit
 from mxfs_csi import mounts
-from mxfs_csi.status import CsiError, from_os_error, not_found, unavailable
+from mxfs_csi.status import CsiError, from_os_error, invalid_argument, not_found, unavailable
 from mxfs_csi.volume import ModelVolume
+
+RESOLVE_TIMEOUT_S = 60.0  # a first resolve may ask the server (and it the Hub)
 
 
 class NodeMount:
@@ -49,11 +53,29 @@ class NodeMount:
             repo = self.mountpoint / "hub" / hub_folder(volume.name)
             commit = volume.revision
             if not is_commit(commit):
-                self._lookup(self.mountpoint / volume.name, volume)
-                commit = self._read_ref(repo / "refs" / volume.revision, volume)
+                commit = self._resolve(volume) or self._read_ref(repo / "refs" / volume.revision, volume)
             path = repo / "snapshots" / commit
         self._lookup(path, volume)
         return path
+
+    def _resolve(self, volume: ModelVolume) -> str | None:
+        """The commit the node daemon resolves a branch or tag to, through its control
+        socket (a ref shows in the mount only once the daemon resolved it). None when the
+        mount has no daemon to ask (then ``refs/`` is read as it is)."""
+        assert volume.revision is not None
+        try:
+            commit = nodectl.resolve(self.mountpoint, volume.name, volume.revision, RESOLVE_TIMEOUT_S)
+        except nodectl.NotAnMxfsMount:
+            return None
+        except ModelNotFound as exc:
+            raise not_found(f"model {volume}: {exc}") from exc
+        except InvalidModelName as exc:
+            raise invalid_argument(f"model {volume}: {exc}") from exc
+        except MxfsError as exc:
+            raise unavailable(f"model {volume}: {exc}") from exc
+        if not is_commit(commit):
+            raise unavailable(f"model {volume}: the node daemon answered {commit!r}, not a commit")
+        return commit
 
     def _lookup(self, path: Path, volume: ModelVolume) -> None:
         try:

@@ -13,6 +13,7 @@ from pathlib import Path
 import grpc
 
 from mxfs.rpc import csi_pb2_grpc
+from mxfs_csi import DEFAULT_KUBELET_DIR
 from mxfs_csi.identity import IdentityService
 from mxfs_csi.node import NodeService
 from mxfs_csi.nodemount import NodeMount
@@ -30,6 +31,7 @@ class CsiConfig:
     mountpoint: Path
     driver_name: str
     workers: int = 8
+    kubelet_dir: Path = DEFAULT_KUBELET_DIR  # every target path must be inside it
 
 
 def socket_path(endpoint: str) -> Path:
@@ -56,16 +58,18 @@ def build_server(config: CsiConfig) -> grpc.Server:
     node_mount = NodeMount(config.mountpoint)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="csi"))
     csi_pb2_grpc.add_IdentityServicer_to_server(IdentityService(config.driver_name, node_mount), server)
-    csi_pb2_grpc.add_NodeServicer_to_server(NodeService(config.node_id, node_mount, Publisher()), server)
+    node = NodeService(config.node_id, node_mount, Publisher(), config.kubelet_dir)
+    csi_pb2_grpc.add_NodeServicer_to_server(node, server)
     server.add_insecure_port(f"unix://{path}")
     server.start()
     os.chmod(path, 0o660)
     log.info(
-        "CSI driver %s serving node %s on %s (models from %s)",
+        "CSI driver %s serving node %s on %s (models from %s, targets under %s)",
         config.driver_name,
         config.node_id,
         path,
         config.mountpoint,
+        config.kubelet_dir,
     )
     return server
 

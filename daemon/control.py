@@ -24,12 +24,14 @@ PROGRESS_INTERVAL_S = 0.25
 
 
 class NodeControlServicer(node_pb2_grpc.NodeControlServicer):
-    """``start_prefetch`` and ``status`` are async callables run in the trio loop."""
+    """``start_prefetch``, ``status`` and ``resolve`` are async callables run in the trio loop."""
 
-    def __init__(self, token: trio.lowlevel.TrioToken, start_prefetch: Callable, status: Callable) -> None:
+    def __init__(self, token: trio.lowlevel.TrioToken, start_prefetch: Callable, status: Callable,
+                 resolve: Callable | None = None) -> None:
         self.token = token
         self.start_prefetch = start_prefetch
         self.status = status
+        self.resolve = resolve
 
     def _in_trio(self, fn: Callable, *args):
         return trio.from_thread.run(fn, *args, trio_token=self.token)
@@ -54,6 +56,20 @@ class NodeControlServicer(node_pb2_grpc.NodeControlServicer):
 
     def Status(self, request: node_pb2.NodeStatusRequest, context: grpc.ServicerContext) -> node_pb2.NodeStatus:
         return self._in_trio(self.status)
+
+    def Resolve(self, request: node_pb2.ResolveRequest, context: grpc.ServicerContext) -> node_pb2.ResolveReply:
+        if self.resolve is None:
+            context.abort(grpc.StatusCode.UNIMPLEMENTED, "this daemon does not resolve on request")
+        try:
+            ref = ModelRef(validate_name(request.name), validate_revision(request.revision or DEFAULT_REVISION))
+            revision = self._in_trio(self.resolve, ref)
+        except InvalidModelName as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except ModelNotFound as exc:
+            context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        except MxfsError as exc:
+            context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        return node_pb2.ResolveReply(revision=revision)
 
 
 def serve(socket_path: Path, servicer: NodeControlServicer) -> grpc.Server:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import shutil
@@ -16,6 +17,7 @@ from prometheus_client import start_http_server
 from mxfs import __version__
 from mxfs.block_peers.service import PeerCache
 from mxfs.cache.blocks import BlockCache
+from mxfs.cache.faults import CacheFaults
 from mxfs.cache.memory import HotBlocks
 from mxfs.config import MountConfig
 from mxfs.errors import MxfsError
@@ -27,11 +29,13 @@ from mxfs.fetch.reader import BlockReader
 from mxfs.fetch.resolver import ManifestResolver
 from mxfs.fetch.server import ServerTier
 from mxfs.fetch.stats import FetchStats
+from mxfs.fetch.supervise import guarded
 from mxfs.fetch.threads import in_thread
 from mxfs.fuse.ops import MxfsOperations
 from mxfs.fuse.tree import Tree
 from mxfs.manifest.model import Manifest
 from mxfs.manifest.names import ModelRef, parse_model_ref
+from mxfs.misses import RecentMisses
 from mxfs.rpc import node_pb2
 from mxfs.rpc.channel import ChannelSecurity, set_default_security
 from mxfs.rpc.client import MxfsClient
@@ -53,8 +57,10 @@ def control_socket_path(cache_dir: Path) -> Path:
     return Path(tempfile.gettempdir()) / f"mxfsd-{digest}.sock"
 
 
-def default_cache_size(cache_dir: Path) -> int:
-    return int(shutil.disk_usage(cache_dir).free * 0.9)
+def default_cache_size(cache_dir: Path, held_bytes: int) -> int:
+    """90% of what the cache may use on its disk: the free space plus what it already holds
+    (so the bound does not shrink each time a daemon restarts over a warm cache)."""
+    return int((shutil.disk_usage(cache_dir).free + held_bytes) * 0.9)
 
 
 class NodeDaemon:
@@ -64,8 +70,10 @@ class NodeDaemon:
         self.cache_dir = Path(config.cache_dir).resolve()
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         self.stats = FetchStats()
-        self.cache = BlockCache(self.cache_dir / "blocks",
-                                config.cache_size or default_cache_size(self.cache_dir))
+        self.faults = CacheFaults(self.stats.registry)
+        limit = config.cache_size or functools.partial(default_cache_size, self.cache_dir)
+        self.cache = BlockCache(self.cache_dir / "blocks", limit, index_bytes=config.cache_index_size,
+                                faults=self.faults)
         set_default_security(ChannelSecurity(config.auth_token, config.tls_ca_file))
         self.client = MxfsClient(config.server, timeout_s=config.fetch_timeout)
         self.rpc_limiter = trio.CapacityLimiter(config.fetch_workers)
@@ -77,7 +85,8 @@ class NodeDaemon:
         self.hashes = BlockHashes(self.client, self.cache_dir, self.rpc_limiter)
         self.chain = FetchChain(self.cache, self.tiers, self.stats, HotBlocks(HOT_BLOCKS_BYTES),
                                 self.io_limiter, config.fetch_timeout, hashes=self.hashes)
-        self.resolver = ManifestResolver(self.client, self.cache_dir, self.rpc_limiter)
+        self.resolver = ManifestResolver(self.client, self.cache_dir, self.rpc_limiter, faults=self.faults,
+                                         misses=RecentMisses(config.negative_ttl))
         self.reader = BlockReader(self.chain, config.readahead_blocks)
         self.reader.hydrator = Hydrator(self.chain, limiter=self.reader.background)
         self.prefetcher = Prefetcher(self.chain, self.reader.background)
@@ -101,8 +110,14 @@ class NodeDaemon:
         job = self.jobs[ref] = PrefetchJob(ref.name)
         inode_of = self.tree.file_inodes(manifest) if page_cache else None
         assert self._nursery is not None
-        self._nursery.start_soon(self.prefetcher.run, job, manifest, inode_of)
+        self._nursery.start_soon(guarded, self.stats, "prefetch", self.prefetcher.run, job, manifest, inode_of)
         return job
+
+    async def resolve(self, ref: ModelRef) -> str:
+        """Show ``ref`` in the tree (its snapshot, and its ref when a branch or tag); the commit."""
+        manifest = await self.resolver.resolve(ref)
+        self.tree.add_model(ref, manifest)
+        return manifest.revision
 
     async def status(self) -> node_pb2.NodeStatus:
         snap = self.stats.snapshot()
@@ -137,7 +152,7 @@ class NodeDaemon:
     async def _housekeeping(self) -> None:
         while True:
             await trio.sleep(FLUSH_INTERVAL_S)
-            await in_thread(self.cache.flush_usage)
+            await guarded(self.stats, "housekeeping", in_thread, self.cache.flush_usage)
             self.stats.cache_used.set(self.cache.used)
 
     async def _signals(self) -> None:
@@ -149,7 +164,8 @@ class NodeDaemon:
 
     async def main(self) -> None:
         token = trio.lowlevel.current_trio_token()
-        ctl = control.serve(self.socket, control.NodeControlServicer(token, self.start_prefetch, self.status))
+        ctl = control.serve(self.socket, control.NodeControlServicer(token, self.start_prefetch, self.status,
+                                                                     self.resolve))
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery

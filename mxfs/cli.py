@@ -98,8 +98,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
     from mxfs import logs
 
     cfg = _config_from(args, MountConfig, "mount",
-                       ["mountpoint", "server", "cache_dir", "cache_size", "models", "fetch_timeout",
-                        "readahead_blocks", "metrics_port", "log_level", "fetch_workers",
+                       ["mountpoint", "server", "cache_dir", "cache_size", "cache_index_size", "models",
+                        "fetch_timeout", "readahead_blocks", "metrics_port", "log_level", "fetch_workers",
                         "peer_port", "peer_host", "peer_advertise", "peer_token", "peer_swarm",
                         "peer_fill", "peer_hedge", "peer_workers", "origin_direct", "auth_token_file", "tls_ca_file",
                         "tls_cert_file", "tls_key_file", "tls_peer_name", "metrics_host"])
@@ -114,11 +114,16 @@ def add_mount(sub: argparse._SubParsersAction) -> None:
     p.add_argument("mountpoint", nargs="?", help="where to mount, e.g. /models")
     p.add_argument("--server", help="server host:port, or https://host:port for TLS (default $MODEL_EXPRESS_URL)")
     p.add_argument("--cache-dir", help="local block cache directory")
-    p.add_argument("--cache-size", type=parse_size, help="cache bound, e.g. 200GiB (default 90%% of free disk)")
+    p.add_argument("--cache-size", type=parse_size,
+                   help="cache bound, e.g. 200GiB (default 90%% of free disk plus what the cache holds)")
+    p.add_argument("--cache-index-size", type=parse_size,
+                   help="lmdb map size of the cache index (default 16GiB; when full, blocks stop being cached)")
     p.add_argument("--model", dest="models", action="append", help="ORG/NAME[@REV] to resolve at start (repeatable)")
     p.add_argument("--fetch-timeout", type=float, help="seconds before a block fetch fails (default 10)")
     p.add_argument("--readahead-blocks", type=int, help="max blocks read ahead (default 8)")
     p.add_argument("--fetch-workers", type=int, help="concurrent block fetches (default 16)")
+    p.add_argument("--negative-ttl", type=float,
+                   help="seconds a model name the server did not find is remembered (default 30; 0 = off)")
     p.add_argument("--metrics-port", type=int, help="Prometheus port (0 = off)")
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING, ...")
     p.add_argument("--peer-port", type=int, help="serve cached blocks to peers on this port (0 = peer cache off)")

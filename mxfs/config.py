@@ -63,6 +63,7 @@ class ServerConfig:
     max_unused_s: float = _opt(0.0, "evict cached models unused for this many seconds (0 = never)")
     min_free_bytes: int = _opt(0, "evict cached models while the cache disk has less free space (0 = off)")
     evict_interval_s: float = _opt(60.0, "seconds between eviction passes")
+    negative_ttl: float = _opt(30.0, "seconds a model name no origin has is remembered (0 = ask every time)")
     lease_ttl_s: float = _opt(30.0, "download lease TTL; another replica takes over a download after it")
     metadata_backend: str = _opt("", "model registry backend: embedded or redis", ("MX_METADATA_BACKEND",))
     redis_url: str = _opt("", "Redis URL when metadata_backend is redis", ("REDIS_URL",))
@@ -85,6 +86,8 @@ class ServerConfig:
             raise ConfigError("eviction bounds must be >= 0 and evict_interval_s > 0")
         if self.lease_ttl_s < 1:
             raise ConfigError("lease_ttl_s must be >= 1")
+        if not 0 <= self.negative_ttl <= 86400:
+            raise ConfigError("negative_ttl must be between 0 and 86400 seconds")
         _check_port(self.metrics_port, "metrics_port", allow_zero=True)
         try:
             check_block_size(self.block_size)
@@ -105,11 +108,15 @@ class MountConfig:
     mountpoint: str = _opt("", "where the model tree is mounted")
     server: str = _opt("", "server address host:port", ("MODEL_EXPRESS_URL",))
     cache_dir: str = _opt("/var/cache/mxfs", "local block cache directory", ("MXFS_CACHE_DIR",))
-    cache_size: int = _opt(0, "cache bound in bytes (0 = 90% of the free disk at start)")
+    cache_size: int = _opt(0, "cache bound in bytes (0 = 90% of the free disk plus what the cache holds)")
+    cache_index_size: int = _opt(1 << 34, "lmdb map size of the cache index (address space; a full map "
+                                 "only stops caching)")
     models: list = _opt(None, "models to resolve at start (org/name[@rev])")
     fetch_timeout: float = _opt(10.0, "seconds before a block fetch from a tier is given up")
     readahead_blocks: int = _opt(8, "max blocks read ahead on sequential access")
     fetch_workers: int = _opt(16, "concurrent block fetches")
+    negative_ttl: float = _opt(30.0, "seconds a model name the server did not find is remembered "
+                               "(0 = ask every time)")
     metrics_port: int = _opt(0, "Prometheus metrics port (0 disables)")
     metrics_host: str = _opt("127.0.0.1", "listen address of the metrics endpoint (the pod IP to be scraped)")
     log_level: str = _opt("INFO", "log level", ("MODEL_EXPRESS_LOG_LEVEL",))
@@ -143,12 +150,16 @@ class MountConfig:
             raise ConfigError("a server address is required (--server or MODEL_EXPRESS_URL)")
         if self.cache_size < 0:
             raise ConfigError("cache_size must be >= 0")
+        if self.cache_index_size < 32 * 1024:
+            raise ConfigError("cache_index_size must be >= 32KiB")
         if self.fetch_timeout <= 0:
             raise ConfigError("fetch_timeout must be > 0")
         if not 0 <= self.readahead_blocks <= 256:
             raise ConfigError("readahead_blocks must be in [0, 256]")
         if self.fetch_workers < 1:
             raise ConfigError("fetch_workers must be >= 1")
+        if not 0 <= self.negative_ttl <= 86400:
+            raise ConfigError("negative_ttl must be between 0 and 86400 seconds")
         _check_port(self.metrics_port, "metrics_port", allow_zero=True)
         _check_port(self.peer_port, "peer_port", allow_zero=True)
         if self.peer_port and not self.peer_token:

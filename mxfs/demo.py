@@ -1,4 +1,11 @@
-"""``mxfs demo``: a generated model behind a real server and a real mount, on loopback."""
+"""``mxfs demo``: a generated model behind a real server and a real mount, on loopback.
+
+The server and the daemon run in their own sessions (process groups), so Ctrl-C (SIGINT to the
+terminal's foreground group) reaches only the demo; the demo then stops each child with
+one SIGTERM and waits, bounded, for it to exit: the daemon unmounts before it exits. A
+daemon that does not exit in time is killed and its mount detached, so Ctrl-C or SIGTERM
+never leaves a dead mount or a process behind.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +23,38 @@ from mxfs.manifest.names import hub_folder
 from mxfs.modelgen import ModelShape, generate_model
 
 DEMO_MODEL = "mxfs-demo/tiny-llama"
+STOP_TIMEOUT_S = 30.0  # a daemon's unmount waits for in-flight reads
+
+
+class _Stop(Exception):
+    """SIGINT or SIGTERM asked the demo to stop."""
+
+
+def _raise_stop(signum: int, frame: object) -> None:
+    raise _Stop(signal.Signals(signum).name)
+
+
+def _stop_child(proc: subprocess.Popen | None, what: str) -> None:
+    """One SIGTERM, a bounded wait, then SIGKILL."""
+    if proc is None:
+        return
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        print(f"{what} did not exit within {STOP_TIMEOUT_S:g}s of SIGTERM: killing it", file=sys.stderr)
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+def _stop_daemon(proc: subprocess.Popen | None, mnt: Path) -> None:
+    from mxfs_daemon import mountpoint
+
+    _stop_child(proc, "the daemon")
+    if mountpoint.is_mounted(mnt):  # a daemon that died without unmounting: detach what it left
+        print(f"the daemon left {mnt} mounted: detaching it", file=sys.stderr)
+        mountpoint.unmount(mnt, lazy=True)
 
 
 def free_port() -> int:
@@ -43,14 +82,15 @@ def run_demo(workdir: Path, size: int, check: bool = False) -> int:
     port = free_port()
     env = dict(os.environ, MXFS_LOG_FORMAT=os.environ.get("MXFS_LOG_FORMAT", "text"))
     cmd = [sys.executable, "-m", "mxfs"]
-    server = subprocess.Popen(
-        [*cmd, "server", "--host", "127.0.0.1", "--port", str(port), "--metrics-port", "0",
-         "--data-port", str(free_port()),
-         "--cache-dir", str(workdir / "server-cache"), "--models-dir", str(workdir / "origin")],
-        env=env, stdout=(workdir / "server.log").open("w"), stderr=subprocess.STDOUT,
-    )
-    daemon = None
+    previous = {sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    server = daemon = None
     try:
+        server = subprocess.Popen(
+            [*cmd, "server", "--host", "127.0.0.1", "--port", str(port), "--metrics-port", "0",
+             "--data-port", str(free_port()),
+             "--cache-dir", str(workdir / "server-cache"), "--models-dir", str(workdir / "origin")],
+            env=env, stdout=(workdir / "server.log").open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+        )
         from mxfs.rpc.client import MxfsClient
 
         client = MxfsClient(f"127.0.0.1:{port}")
@@ -65,7 +105,7 @@ def run_demo(workdir: Path, size: int, check: bool = False) -> int:
         daemon = subprocess.Popen(
             [*cmd, "mount", str(mnt), "--server", f"127.0.0.1:{port}", "--cache-dir",
              str(workdir / "node-cache"), "--model", DEMO_MODEL],
-            env=env, stdout=(workdir / "daemon.log").open("w"), stderr=subprocess.STDOUT,
+            env=env, stdout=(workdir / "daemon.log").open("w"), stderr=subprocess.STDOUT, start_new_session=True,
         )
         wait_for(lambda: (mnt / DEMO_MODEL / "config.json").exists(), 60, "the mount")
         files = sorted(p.relative_to(mnt / DEMO_MODEL) for p in (mnt / DEMO_MODEL).rglob("*") if p.is_file())
@@ -86,14 +126,16 @@ def run_demo(workdir: Path, size: int, check: bool = False) -> int:
         print(f"  mxfs status {mnt}")
         print(f"  getfattr -d -m user.mxfs {mnt / DEMO_MODEL / 'config.json'}")
         print(f"  MODEL_EXPRESS_URL=127.0.0.1:{port} mxfs model files {DEMO_MODEL}")
-        print("\nCtrl-C stops the demo and unmounts.")
-        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        print("\nCtrl-C stops the demo and unmounts.", flush=True)
+        while True:
+            signal.pause()
+    except _Stop as stop:
+        print(f"\n{stop}: stopping the demo ...", flush=True)
         return 0
     finally:
-        for proc in (daemon, server):
-            if proc is not None and proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+        # a second Ctrl-C must not cut the clean-up short: signals wait until the children are gone
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        _stop_daemon(daemon, mnt)
+        _stop_child(server, "the server")
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

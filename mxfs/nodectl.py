@@ -123,3 +123,29 @@ def print_status(mountpoint: Path) -> int:
     for peer in s.peers:
         print(f"  peer {peer}")
     return 0
+
+
+class NotAnMxfsMount(MxfsError):
+    """The path has no ``user.mxfs.control`` xattr: it is not served by a node daemon."""
+
+
+def resolve(mountpoint: Path, name: str, revision: str, timeout_s: float = 60.0) -> str:
+    """Have the daemon serving ``mountpoint`` resolve ``name@revision`` (a branch or tag too),
+    so its snapshot shows in the mount; returns the commit."""
+    socket = _xattr(mountpoint, "control")
+    if not socket:
+        raise NotAnMxfsMount(f"{mountpoint} is not the root of a mxfs mount")
+    with grpc.insecure_channel(f"unix://{socket}") as channel:
+        try:
+            reply = node_pb2_grpc.NodeControlStub(channel).Resolve(
+                node_pb2.ResolveRequest(name=name, revision=revision), timeout=timeout_s)
+        except grpc.RpcError as exc:
+            code = exc.code()
+            if code == grpc.StatusCode.NOT_FOUND:
+                raise ModelNotFound(exc.details()) from exc
+            if code == grpc.StatusCode.INVALID_ARGUMENT:
+                raise InvalidModelName(exc.details()) from exc
+            if code == grpc.StatusCode.UNIMPLEMENTED:
+                raise NotAnMxfsMount(f"the daemon of {mountpoint} cannot resolve on request") from exc
+            raise MxfsError(f"resolving {name}@{revision} through {socket}: {code.name}: {exc.details()}") from exc
+    return reply.revision

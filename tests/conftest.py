@@ -10,7 +10,7 @@ import pytest
 
 from mxfs.manifest.builder import file_sha256
 from mxfs.modelgen import ModelShape, generate_model
-from tests.support.cluster import MountProc, ServerProc
+from tests.support.cluster import MountProc, ServerProc, stop_all
 from tests.support.needs import need_fuse, need_program
 
 MODEL = "test-org/tiny-llama"
@@ -66,8 +66,7 @@ def start_mount(tmp_path: Path) -> Iterator:
         return proc.start(wait_model=wait_model)
 
     yield start
-    for p in procs:
-        p.stop()
+    stop_all(procs)  # fails the test if a daemon did not remove its own mount
 
 
 @dataclass

@@ -84,7 +84,7 @@ class PeerCache:
         self.registry_limiter = trio.CapacityLimiter(4)
         self.announcer = Announcer(self.registry, self.node, self.holdings, self.registry_limiter)
         self.view = HolderView(self.registry, self.registry_limiter)
-        self.fill = SwarmFill(self.node.node_id) if config.peer_swarm and config.peer_fill else None
+        self.fill = SwarmFill(self.node) if config.peer_swarm and config.peer_fill else None
         self.tier = PeerTier(self.node, self.clients, self.view, self.announcer, self.fetch_limiter, stats,
                              timeout_s=config.fetch_timeout, hedge_min_s=config.peer_hedge,
                              swarm=config.peer_swarm, fill=self.fill)
@@ -120,7 +120,7 @@ class PeerCache:
         self._server = serve(self.config.peer_host, self.config.peer_port, servicer, self.config.peer_workers, tls)
         nursery.start_soon(self.announcer.run)
         if self.fill is not None:
-            self.fill.start(nursery, chain.block, chain.is_cached)
+            self.fill.start(nursery, chain.block, chain.is_cached, self.tier.peer_holds)
         log.info("peer cache on: node %s at %s, %d cached files to announce", self.node.node_id,
                  self.node.address, self.holdings.files())
 

@@ -9,10 +9,17 @@ then a plain file with exactly the file's bytes (what FUSE passthrough opens).
 Every method is blocking and thread-safe: async callers run them in worker threads.
 Write order is data first, then index, so a crash (even ``kill -9``) never leaves an
 index entry pointing at bytes that were not written. Readers still verify every block.
+A writer reserves its block's room (evicting as needed) before it writes (``put``, or
+``reserve`` then ``commit``/``release`` for in-place writes), so concurrent writers never
+push ``used`` past ``limit``. Disk and index failures (ENOSPC, a full lmdb map, an
+unreadable blob) never raise from ``read``/``put``/``commit``: a read becomes a miss, a
+write is skipped, and ``faults`` counts and logs why.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
 import struct
@@ -24,6 +31,7 @@ from pathlib import Path
 
 import lmdb
 
+from mxfs.cache.faults import CACHE_FAILURES, CacheFaults
 from mxfs.cache.punch import punch_hole
 from mxfs.fileio import path_under
 from mxfs.manifest.model import BlockKey, FileEntry
@@ -31,6 +39,7 @@ from mxfs.manifest.model import BlockKey, FileEntry
 log = logging.getLogger(__name__)
 
 _VALUE = struct.Struct("<Id")  # block length, last use (unix seconds)
+DEFAULT_INDEX_BYTES = 1 << 34  # lmdb map size: address space, not disk (the file grows as used)
 
 
 def _encode(key: BlockKey) -> bytes:
@@ -49,14 +58,19 @@ def _decode(raw: bytes) -> BlockKey:
 class BlockCache:
     """Content-addressed block store under ``root`` holding at most ``limit_bytes``."""
 
-    def __init__(self, root: Path, limit_bytes: int) -> None:
+    def __init__(self, root: Path, limit_bytes: int | Callable[[int], int],
+                 index_bytes: int = DEFAULT_INDEX_BYTES, faults: CacheFaults | None = None) -> None:
+        """``limit_bytes`` may be a function of the bytes the cache already holds (read from
+        its index at start), e.g. a share of the free disk plus those."""
         self.root = Path(root)
-        self.limit = limit_bytes
+        self._limit_of = limit_bytes if callable(limit_bytes) else None
+        self.limit = 0 if callable(limit_bytes) else limit_bytes
+        self.faults = faults or CacheFaults()
         (self.root / "blobs").mkdir(parents=True, exist_ok=True)
         # no fsync per commit: a process crash keeps every committed entry (the OS holds the
         # pages); after a power loss every block is still verified by its hash before use
         self._env = lmdb.open(
-            str(self.root / "index.lmdb"), map_size=1 << 34, max_dbs=2, subdir=True, lock=True,
+            str(self.root / "index.lmdb"), map_size=index_bytes, max_dbs=2, subdir=True, lock=True,
             sync=False, metasync=False,
         )
         self._db = self._env.open_db(b"blocks")
@@ -66,7 +80,8 @@ class BlockCache:
         self._lru: OrderedDict[BlockKey, int] = OrderedDict()
         self._pins: Counter[BlockKey] = Counter()
         self._touched: dict[BlockKey, float] = {}
-        self.used = 0
+        self._writing: set[BlockKey] = set()
+        self.used = 0  # bytes of cached blocks plus the room reserved by writes in progress
         self.evicted_blocks = 0
         #: ``fn(added, removed)`` after blocks enter or leave the cache (any thread, no lock held)
         self.listeners: list[Callable[[list[BlockKey], list[BlockKey]], None]] = []
@@ -84,6 +99,8 @@ class BlockCache:
         for _, key, length in entries:
             self._lru[key] = length
             self.used += length
+        if self._limit_of is not None:
+            self.limit = self._limit_of(self.used)
         log.info("block cache %s: %d blocks, %d bytes (limit %d)", self.root, len(entries),
                  self.used, self.limit)
 
@@ -144,17 +161,21 @@ class BlockCache:
         """Record ``entry`` complete if every block is indexed; its blob is fsynced first."""
         if not self.file_complete(entry, block_size):
             return False
-        fd = self._open(entry.sha256, create=False)
-        if fd is None:
-            return False
         try:
-            if os.fstat(fd).st_size != entry.size:
-                os.ftruncate(fd, entry.size)
-            os.fdatasync(fd)
-        finally:
-            os.close(fd)
-        with self._env.begin(db=self._complete_db, write=True) as txn:
-            txn.put(_file_key(entry.sha256, block_size), struct.pack("<Q", entry.size))
+            fd = self._open(entry.sha256, create=False)
+            if fd is None:
+                return False
+            try:
+                if os.fstat(fd).st_size != entry.size:
+                    os.ftruncate(fd, entry.size)
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
+            with self._env.begin(db=self._complete_db, write=True) as txn:
+                txn.put(_file_key(entry.sha256, block_size), struct.pack("<Q", entry.size))
+        except CACHE_FAILURES as exc:
+            self.faults.report("complete", exc, entry.path)
+            return False
         return self.file_complete(entry, block_size)  # a block evicted meanwhile cleared it again
 
     def pin_file(self, entry: FileEntry, block_size: int) -> None:
@@ -178,17 +199,19 @@ class BlockCache:
         """The stored bytes of ``key`` (unverified), or None when absent."""
         if not self.contains(key):
             return None
-        fd = self._open(key.sha256, create=False)
-        if fd is None:
+        try:
+            fd = self._open(key.sha256, create=False)
+            if fd is None:
+                self.discard(key)
+                return None
+            try:
+                data = os.pread(fd, length, key.index * key.block_size)
+            finally:
+                os.close(fd)
+        except OSError as exc:  # unreadable blob: forget the block, fetch it elsewhere
+            self.faults.report("read", exc, key)
             self.discard(key)
             return None
-        try:
-            data = os.pread(fd, length, key.index * key.block_size)
-        except OSError as exc:
-            log.warning("cache read of %s failed: %s", key, exc)
-            return None
-        finally:
-            os.close(fd)
         with self._lock:
             if key in self._lru:
                 self._lru.move_to_end(key)
@@ -217,41 +240,103 @@ class BlockCache:
             self.blob_path(entry.sha256).unlink(missing_ok=True)
 
     def reserve(self, length: int) -> bool:
-        """Make room for ``length`` bytes about to be written in place (see ``commit``)."""
-        return self._make_room(length)
+        """Reserve room for ``length`` bytes about to be written in place (evicting LRU blocks
+        as needed); the room counts as used until ``commit`` or ``release``."""
+        with self._lock:
+            victims = self._reserve(length)
+            if victims is not None:
+                self.evicted_blocks += len(victims)
+        if victims is None:
+            return False
+        self._forget(victims)
+        return True
 
-    def commit(self, key: BlockKey, length: int) -> None:
-        """Index a block whose verified bytes are already in its blob (written in place)."""
-        with self._env.begin(db=self._db, write=True) as txn:
-            txn.put(_encode(key), _VALUE.pack(length, time.time()))
+    def release(self, length: int) -> None:
+        """Give back room ``reserve``d for a write that did not happen."""
+        with self._lock:
+            self.used -= length
+
+    def commit(self, key: BlockKey, length: int) -> bool:
+        """Index a block whose verified bytes are already in its blob, in the room ``reserve``d
+        for it. False (the reservation given back) when the index refused it."""
+        try:
+            with self._env.begin(db=self._db, write=True) as txn:
+                txn.put(_encode(key), _VALUE.pack(length, time.time()))
+        except CACHE_FAILURES as exc:
+            self.faults.report("write", exc, key)
+            self.release(length)
+            return False
         with self._lock:
             new = key not in self._lru
             if new:
                 self._lru[key] = length
-                self.used += length
+            else:
+                self.used -= length  # counted already: the reservation goes back
+        self.faults.write_ok()
         if new:
             self._notify([key], [])
+        return True
 
     def put(self, key: BlockKey, data: bytes | bytearray | memoryview) -> bool:
-        """Store a verified block; False (and nothing stored) when no room can be made."""
+        """Store a verified block; False (and nothing stored) when no room can be made or
+        the disk or the index refused it (counted and logged by ``faults``)."""
         length = len(data)
-        if self.contains(key):
-            return True
-        if not self._make_room(length):
+        with self._lock:
+            if key in self._lru or key in self._writing:
+                return True
+            victims = self._reserve(length)
+            if victims is not None:
+                self._writing.add(key)
+                self.evicted_blocks += len(victims)
+        if victims is None:
             log.warning("cache full (%d/%d bytes, all pinned): not caching %s", self.used, self.limit, key)
             return False
-        fd = self._open(key.sha256, create=True)
-        assert fd is not None
         try:
-            written = os.pwrite(fd, data, key.index * key.block_size)
+            self._forget(victims)
+            if not self._write(key, data):
+                self.release(length)
+                return False
+            if not self.commit(key, length):
+                self._punch(key, length)  # bytes the bound does not count must not stay
+                return False
+            return True
+        finally:
+            with self._lock:
+                self._writing.discard(key)
+
+    def _write(self, key: BlockKey, data: bytes | bytearray | memoryview) -> bool:
+        """The block's bytes into its blob; on failure nothing stays behind (reported)."""
+        offset, length = key.index * key.block_size, len(data)
+        try:
+            fd = self._open(key.sha256, create=True)
+            if fd is None:  # the blob directory vanished under us
+                raise FileNotFoundError(errno.ENOENT, "cache blob directory is gone", str(self.blob_path(key.sha256)))
+            try:
+                written = os.pwrite(fd, data, offset)
+                if written != length:
+                    with contextlib.suppress(OSError):
+                        punch_hole(fd, offset, written)
+                    raise OSError(errno.ENOSPC, f"short write to cache ({written} of {length} bytes)")
+            finally:
+                os.close(fd)
+        except CACHE_FAILURES as exc:
+            self.faults.report("write", exc, key)
+            return False
+        return True
+
+    def _punch(self, key: BlockKey, length: int) -> None:
+        try:
+            fd = self._open(key.sha256, create=False)
+        except OSError:
+            return
+        if fd is None:
+            return
+        try:
+            punch_hole(fd, key.index * key.block_size, length)
+        except OSError as exc:
+            log.warning("cannot punch hole for %s: %s", key, exc)
         finally:
             os.close(fd)
-        if written != length:
-            raise OSError(f"short write to cache ({written} of {length} bytes)")
-        with self._env.begin(db=self._db, write=True) as txn:
-            txn.put(_encode(key), _VALUE.pack(length, time.time()))
-        self.commit(key, length)
-        return True
 
     def discard(self, key: BlockKey) -> None:
         """Forget a block (e.g. it failed its hash) and free its bytes."""
@@ -269,26 +354,30 @@ class BlockCache:
             if self._pins[key] <= 0:
                 del self._pins[key]
 
-    def _make_room(self, length: int) -> bool:
+    def _reserve(self, length: int) -> list[tuple[BlockKey, int]] | None:
+        """Under the lock: count ``length`` bytes as used, taking the LRU unpinned blocks out
+        of the cache to make room. Returns those victims (for ``_forget``), None when the
+        room cannot be made."""
         if length > self.limit:
-            return False
-        victims: list[BlockKey] = []
-        with self._lock:
-            excess = self.used + length - self.limit
-            if excess <= 0:
-                return True
+            return None
+        excess = self.used + length - self.limit
+        victims: list[tuple[BlockKey, int]] = []
+        if excess > 0:
             for key, size in self._lru.items():
                 if excess <= 0:
                     break
                 if self._pins.get(key):
                     continue
-                victims.append(key)
+                victims.append((key, size))
                 excess -= size
             if excess > 0:
-                return False
-        self._remove(victims)
-        self.evicted_blocks += len(victims)
-        return True
+                return None
+        for key, size in victims:
+            del self._lru[key]
+            self._touched.pop(key, None)
+            self.used -= size
+        self.used += length
+        return victims
 
     def _remove(self, keys: list[BlockKey]) -> None:
         if not keys:
@@ -301,23 +390,27 @@ class BlockCache:
                 if size is not None:
                     self.used -= size
                     removed.append((key, size))
-        with self._env.begin(db=self._db, write=True) as txn:
-            for key, _ in removed:
-                txn.delete(_encode(key))
-            for file in {_file_key(key.sha256, key.block_size) for key, _ in removed}:
-                txn.delete(file, db=self._complete_db)
-        for key, size in removed:
-            fd = self._open(key.sha256, create=False)
-            if fd is None:
-                continue
+        self._forget(removed)
+
+    def _forget(self, blocks: list[tuple[BlockKey, int]]) -> None:
+        """Delete index entries (and the complete marks of their files) and punch out the
+        bytes of blocks already taken out of ``_lru``."""
+        if not blocks:
+            return
+        try:
+            with self._env.begin(db=self._db, write=True) as txn:
+                for key, _ in blocks:
+                    txn.delete(_encode(key))
+                for file in {_file_key(key.sha256, key.block_size) for key, _ in blocks}:
+                    txn.delete(file, db=self._complete_db)
+        except CACHE_FAILURES as exc:  # a stale entry fails its hash after a restart
+            self.faults.report("evict", exc, f"{len(blocks)} blocks")
+        for key, size in blocks:
             try:
-                punch_hole(fd, key.index * key.block_size, size)
-            except OSError as exc:  # the space stays used on disk, the index is still right
-                log.warning("cannot punch hole for %s: %s", key, exc)
-            finally:
-                os.close(fd)
-        if removed:
-            self._notify([], [key for key, _ in removed])
+                self._punch(key, size)
+            except OSError as exc:
+                self.faults.report("evict", exc, key)
+        self._notify([], [key for key, _ in blocks])
 
     # -- housekeeping --------------------------------------------------------------------
 
@@ -326,11 +419,14 @@ class BlockCache:
         with self._lock:
             touched, self._touched = self._touched, {}
             sizes = {k: self._lru[k] for k in touched if k in self._lru}
-        if sizes:
-            with self._env.begin(db=self._db, write=True) as txn:
-                for key, size in sizes.items():
-                    txn.put(_encode(key), _VALUE.pack(size, touched[key]))
-        self._env.sync(True)  # periodic durability point for the index
+        try:
+            if sizes:
+                with self._env.begin(db=self._db, write=True) as txn:
+                    for key, size in sizes.items():
+                        txn.put(_encode(key), _VALUE.pack(size, touched[key]))
+            self._env.sync(True)  # periodic durability point for the index
+        except CACHE_FAILURES as exc:  # last-use times are advisory: LRU order survives in memory
+            self.faults.report("flush", exc)
 
     def close(self) -> None:
         self.flush_usage()

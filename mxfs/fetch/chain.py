@@ -25,6 +25,7 @@ from mxfs.errors import BlockUnavailable, InvalidModelName, MxfsError, SourceErr
 from mxfs.fetch.base import Tier
 from mxfs.fetch.hashes import BlockHashes
 from mxfs.fetch.stats import FetchStats
+from mxfs.fetch.supervise import guarded
 from mxfs.fetch.threads import in_thread
 from mxfs.manifest.hashing import block_ok
 from mxfs.manifest.model import BlockKey, FileEntry, Manifest
@@ -159,7 +160,7 @@ class FetchChain:
             if not self._pending_writes:  # one event per busy period: every drain() sees it set
                 self._writes_idle = trio.Event()
             self._pending_writes += 1
-            self._writer.start_soon(self._store_in_background, key, raw)
+            self._writer.start_soon(guarded, self.stats, "cache-write", self._store_in_background, key, raw)
         return raw
 
     async def _store_in_background(self, key: BlockKey, raw: bytes | bytearray) -> None:
@@ -248,8 +249,5 @@ class FetchChain:
         return None
 
     def _store(self, key: BlockKey, data: bytes | bytearray) -> None:
-        try:
-            self.cache.put(key, data)
-        except OSError as exc:  # e.g. ENOSPC: the read still succeeds
-            log.warning("cannot cache block %s: %s", key, exc)
+        self.cache.put(key, data)  # a disk or index failure is counted there; the read still succeeds
         self.stats.cache_used.set(self.cache.used)

@@ -203,16 +203,20 @@ class Hydrator:
                 return
             if not await in_thread(self.cache.reserve, len(view)):
                 raise CacheFull(f"node cache full (all pinned): cannot hydrate {entry.path}")
-            hot = self.chain.hot.get(key)  # verified by a reader moments ago, its cache write still queued
-            if hot is not None and len(hot) == len(view):
-                await in_thread(view.__setitem__, slice(None), hot)
-                await in_thread(self.cache.commit, key, len(view))
-                return
-            expected = await self.chain.expected(manifest, entry, index)
-            if self.chain.hashes is not None and entry.lazy:
-                entry = self.chain.hashes.view(manifest, entry)  # tiers that verify need the hashes
-            await self._receive(manifest, entry, index, view, expected)
-            await in_thread(self.cache.commit, key, len(view))
+            try:
+                hot = self.chain.hot.get(key)  # verified by a reader moments ago, its cache write still queued
+                if hot is not None and len(hot) == len(view):
+                    await in_thread(view.__setitem__, slice(None), hot)
+                else:
+                    expected = await self.chain.expected(manifest, entry, index)
+                    if self.chain.hashes is not None and entry.lazy:
+                        entry = self.chain.hashes.view(manifest, entry)  # tiers that verify need the hashes
+                    await self._receive(manifest, entry, index, view, expected)
+            except BaseException:
+                self.cache.release(len(view))  # the reserved room was not used
+                raise
+            if not await in_thread(self.cache.commit, key, len(view)):  # the reservation is used or given back
+                raise CacheFull(f"node cache index refused block {index} of {entry.path} (see cache errors)")
         finally:
             self.cache.unpin(key)
             self.chain.release(key, flight)

@@ -112,6 +112,15 @@ class PeerTier:
                     return data
         raise BlockUnavailable("; ".join(errors) or f"no peer holds {key}")
 
+    async def peer_holds(self, manifest: Manifest, entry: FileEntry, index: int) -> bool:
+        """Whether a usable peer holds this block now, per the (shared, briefly cached) registry view."""
+        if not _CONTENT_ID.match(entry.sha256):
+            return False
+        sw = swarm_id(manifest.name, manifest.revision) if self.swarm else ""
+        snap = await self.view.get(entry.sha256, manifest.block_size, sw)
+        return any(index in h.blocks and h.node.node_id != self.me.node_id and self._usable(h.node.node_id)
+                   for h in snap.holders)
+
     def quarantine(self, manifest: Manifest, entry: FileEntry, index: int) -> None:
         """Unused: this tier verifies blocks itself and quarantines the exact peer."""
 

@@ -17,6 +17,7 @@ import trio
 from mxfs.errors import MxfsError
 from mxfs.fetch.chain import FetchChain
 from mxfs.fetch.hydrate import Hydrator
+from mxfs.fetch.supervise import guarded
 from mxfs.manifest.model import BlockKey, FileEntry, Manifest
 
 log = logging.getLogger(__name__)
@@ -93,14 +94,14 @@ class BlockReader:
                 and entry.block_count(m.block_size) > 2 * self.max_blocks
                 and entry.size <= self.chain.cache.limit // 2):
             self._hydrating.add(entry.sha256)
-            self._nursery.start_soon(self._hydrate, m, entry)
+            self._nursery.start_soon(guarded, self.chain.stats, "hydrate", self._hydrate, m, entry)
         count = entry.block_count(m.block_size)
         for i in range(last_block + 1, min(count, last_block + 1 + handle.window)):
             key = entry.key(i, m.block_size)
             if key in self._pending or self.chain.hot.get(key) is not None:
                 continue
             self._pending.add(key)
-            self._nursery.start_soon(self._fetch_ahead, m, entry, i, key)
+            self._nursery.start_soon(guarded, self.chain.stats, "readahead", self._fetch_ahead, m, entry, i, key)
 
     async def _hydrate(self, m: Manifest, entry: FileEntry) -> None:
         assert self.hydrator is not None

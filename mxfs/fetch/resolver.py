@@ -1,19 +1,25 @@
 """Node-side model resolution: asks the server, remembers manifests on local disk so a
-restarted daemon can keep serving cached files while the server is away."""
+restarted daemon can keep serving cached files while the server is away. A name the server
+does not know is remembered for a while (``misses``), so repeated lookups of missing names
+cost no request; the per-name locks live only while someone waits on them."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import trio
 
-from mxfs.errors import BlockUnavailable, ManifestError
+from mxfs.cache.faults import CacheFaults
+from mxfs.errors import BlockUnavailable, ManifestError, ModelNotFound
 from mxfs.fetch.threads import in_thread
 from mxfs.fileio import atomic_write, path_under
 from mxfs.manifest.model import Manifest
 from mxfs.manifest.names import ModelRef, is_commit
 from mxfs.manifest.validate import validate_manifest
+from mxfs.misses import RecentMisses
 from mxfs.rpc.client import MxfsClient
 
 log = logging.getLogger(__name__)
@@ -22,31 +28,57 @@ log = logging.getLogger(__name__)
 class ManifestResolver:
     """Resolve ``ModelRef`` -> ``Manifest`` once per ref (shared by concurrent callers)."""
 
-    def __init__(self, client: MxfsClient, state_dir: Path, limiter: trio.CapacityLimiter) -> None:
+    def __init__(self, client: MxfsClient, state_dir: Path, limiter: trio.CapacityLimiter,
+                 faults: CacheFaults | None = None, misses: RecentMisses[ModelRef] | None = None) -> None:
         self.client = client
+        self.faults = faults or CacheFaults()
+        self.misses: RecentMisses[ModelRef] = misses if misses is not None else RecentMisses()
         self.dir = Path(state_dir) / "manifests"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.limiter = limiter
-        self._locks: dict[ModelRef, trio.Lock] = {}
+        self._locks: dict[ModelRef, tuple[trio.Lock, int]] = {}  # -> (lock, holders and waiters)
         self._resolved: dict[ModelRef, Manifest] = {}
 
+    @contextlib.asynccontextmanager
+    async def _locked(self, ref: ModelRef) -> AsyncIterator[None]:
+        lock, users = self._locks.get(ref, (None, 0))
+        lock = lock or trio.Lock()
+        self._locks[ref] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[ref]
+            if users == 1:
+                del self._locks[ref]
+            else:
+                self._locks[ref] = (lock, users - 1)
+
     async def resolve(self, ref: ModelRef) -> Manifest:
-        lock = self._locks.setdefault(ref, trio.Lock())
-        async with lock:
+        async with self._locked(ref):
             hit = self._resolved.get(ref)
             if hit is not None:
                 return hit
+            missing = self.misses.get(ref)
+            if missing is not None:
+                raise ModelNotFound(missing)
             try:
                 manifest = await in_thread(
                     self.client.get_manifest, ref.name, ref.revision, limiter=self.limiter, abandon=True
                 )
+            except ModelNotFound as exc:
+                self.misses.add(ref, str(exc))
+                raise
             except BlockUnavailable as exc:
                 manifest = await in_thread(self._load, ref)
                 if manifest is None:
                     raise
                 log.warning("server unavailable (%s); using the stored manifest of %s", exc, ref)
             else:
-                await in_thread(self._save, ref, manifest)
+                try:
+                    await in_thread(self._save, ref, manifest)
+                except OSError as exc:  # e.g. a full disk: serve it now, it is only not remembered
+                    self.faults.report("manifest", exc, ref)
             self._resolved[ref] = manifest
             return manifest
 

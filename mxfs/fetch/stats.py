@@ -19,6 +19,8 @@ class FetchStats:
         self.read_bytes = Counter("mxfs_node_read_bytes", "bytes returned to readers", registry=r)
         self.hedges = Counter("mxfs_node_tier_hedges", "fetches hedged to the next tier", ["tier"], registry=r)
         self.cache_used = Gauge("mxfs_node_cache_bytes", "bytes in the local block cache", registry=r)
+        self.background_failures = Counter("mxfs_node_background_failures",
+                                           "best-effort background tasks that failed", ["task"], registry=r)
         self._lock = threading.Lock()
         self._bytes: dict[str, int] = defaultdict(int)
         self._blocks: dict[str, int] = defaultdict(int)
@@ -34,6 +36,9 @@ class FetchStats:
 
     def failed(self, tier: str, reason: str) -> None:
         self.failures.labels(tier, reason).inc()
+
+    def background_failed(self, task: str) -> None:
+        self.background_failures.labels(task).inc()
 
     def hedged(self, tier: str) -> None:
         self.hedges.labels(tier).inc()

@@ -7,15 +7,19 @@ Layout::
     hub/models--<org>--<name>/snapshots/<rev>/<files...>  Hugging Face cache layout
 
 A file has one inode however many paths show it, so the page cache is shared.
+A lookup of an unknown organisation creates a hidden placeholder directory (its models are
+resolved on lookup); at most ``MAX_PLACEHOLDERS`` of those that never got a model are kept,
+the oldest are forgotten, so lookups of missing names cannot grow the tree without bound.
 """
 
 from __future__ import annotations
 
 import itertools
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from enum import Enum
 
-from mxfs.errors import InvalidModelName
+from mxfs.errors import InvalidModelName, ModelNotFound
 from mxfs.manifest.model import FileEntry, Manifest
 from mxfs.manifest.names import (
     DEFAULT_REVISION,
@@ -28,6 +32,7 @@ from mxfs.manifest.names import (
 
 ROOT_INODE = 1
 HUB = "hub"
+MAX_PLACEHOLDERS = 1024
 
 
 class Kind(Enum):
@@ -64,23 +69,29 @@ class Node:
 
 
 class Tree:
-    def __init__(self) -> None:
+    def __init__(self, max_placeholders: int = MAX_PLACEHOLDERS) -> None:
         self._ids = itertools.count(ROOT_INODE + 1)
         self.nodes: dict[int, Node] = {ROOT_INODE: Node(ROOT_INODE, Kind.ROOT, ROOT_INODE)}
         self._files: dict[tuple[str, str], int] = {}
+        self._placeholders: OrderedDict[str, int] = OrderedDict()  # hidden org dirs, oldest first
+        self.max_placeholders = max_placeholders
         self._new_dir(ROOT_INODE, HUB, Kind.HUB)
 
     # -- queries ---------------------------------------------------------------------
 
     def get(self, inode: int) -> Node:
-        return self.nodes[inode]
+        """The node of ``inode``; ModelNotFound (ENOENT) for a forgotten placeholder."""
+        node = self.nodes.get(inode)
+        if node is None:
+            raise ModelNotFound(f"inode {inode} is gone (a placeholder of a name that holds no model)")
+        return node
 
     def child(self, parent: int, name: str) -> Node | None:
-        inode = self.nodes[parent].children.get(name)
+        inode = self.get(parent).children.get(name)
         return self.nodes[inode] if inode is not None else None
 
     def listing(self, inode: int) -> list[tuple[str, Node]]:
-        node = self.nodes[inode]
+        node = self.get(inode)
         return [
             (name, self.nodes[i]) for name, i in sorted(node.children.items()) if self.nodes[i].listed
         ]
@@ -91,9 +102,9 @@ class Tree:
         An unknown organisation under the root becomes an (unlisted) placeholder at once.
         Raises InvalidModelName for names that can never be models.
         """
-        node = self.nodes[parent]
+        node = self.get(parent)
         if node.kind is Kind.ROOT:
-            self._new_dir(ROOT_INODE, validate_part(name, "organisation"), Kind.ORG, listed=False)
+            self._placeholder(validate_part(name, "organisation"))
             return None
         if node.kind is Kind.ORG:
             org = next(k for k, v in self.nodes[ROOT_INODE].children.items() if v == parent)
@@ -109,11 +120,15 @@ class Tree:
     # -- building ----------------------------------------------------------------------
 
     def add_model(self, ref: ModelRef, manifest: Manifest) -> None:
-        """Show ``manifest`` under ``org/name`` (first revision wins) and in the hub layout."""
+        """Show ``manifest`` in the hub layout, and under ``org/name`` (first of main or a
+        pinned commit wins)."""
         org, repo = manifest.name.split("/")
         org_dir = self._dir(ROOT_INODE, org, Kind.ORG)
         self.nodes[org_dir].listed = True
-        if repo not in self.nodes[org_dir].children:
+        self._placeholders.pop(org, None)  # a real directory now: never forgotten
+        # a branch or tag other than main (resolved for the CSI plugin) shows only in the hub layout
+        plain = ref.revision == DEFAULT_REVISION or is_commit(ref.revision)
+        if plain and repo not in self.nodes[org_dir].children:
             model_dir = self._new_dir(org_dir, repo, Kind.PLAIN, model=manifest.name)
             self._populate(model_dir, manifest)
         hub_model = self._dir(self.nodes[ROOT_INODE].children[HUB], hub_folder(manifest.name),
@@ -165,6 +180,18 @@ class Tree:
                                          manifest=manifest, entry=entry)
                 self._files[key] = inode
             self.nodes[parent].children[leaf] = inode
+
+    def _placeholder(self, org: str) -> None:
+        """A hidden directory for an organisation not known to hold a model yet."""
+        if org in self.nodes[ROOT_INODE].children:
+            if org in self._placeholders:
+                self._placeholders.move_to_end(org)
+            return
+        self._placeholders[org] = self._new_dir(ROOT_INODE, org, Kind.ORG, listed=False)
+        while len(self._placeholders) > self.max_placeholders:
+            old, inode = self._placeholders.popitem(last=False)
+            del self.nodes[ROOT_INODE].children[old]
+            del self.nodes[inode]
 
     def _dir(self, parent: int, name: str, kind: Kind, model: str = "") -> int:
         inode = self.nodes[parent].children.get(name)

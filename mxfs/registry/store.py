@@ -268,12 +268,12 @@ class RedisStore:
 
 
 def open_store(state_dir: Path | None, backend: str | None = None, redis_url: str | None = None) -> Store:
-    """``embedded`` (sqlite in ``state_dir``, or memory) or ``redis`` (REDIS_URL)."""
+    """``embedded`` (sqlite in ``state_dir``, or memory) or ``redis`` (see :func:`mxfs.envs.redis_url`)."""
     backend = (backend or envs.MX_METADATA_BACKEND.get() or "embedded").lower()
     if backend == "redis":
-        url = redis_url or envs.REDIS_URL.get()
+        url = redis_url or envs.redis_url()
         if not url:
-            raise ValueError("MX_METADATA_BACKEND=redis needs REDIS_URL")
+            raise ValueError("MX_METADATA_BACKEND=redis needs REDIS_URL, MX_REDIS_URL or MX_REDIS_HOST")
         return RedisStore(url)
     if backend != "embedded":
         raise ValueError(f"unknown metadata backend {backend!r} (embedded or redis)")

@@ -27,14 +27,9 @@ PEER_TOKEN_METADATA = "x-mxfs-peer-token"
 
 #: full gRPC method names that change state; every one needs the cluster token
 MUTATING_METHODS: frozenset[str] = frozenset({
-    # GPU weight sources (mxfs) and the upstream ModelExpress P2P service
-    "/mxfs.p2p.v1.P2PService/PublishSource",
-    "/mxfs.p2p.v1.P2PService/UpdateSourceStatus",
-    "/mxfs.p2p.v1.P2PService/Heartbeat",
-    "/mxfs.p2p.v1.P2PService/UnpublishSource",
+    # GPU weight sources: the ModelExpress P2P service (mxfs's loader uses it too)
     "/model_express.p2p.P2pService/PublishMetadata",
     "/model_express.p2p.P2pService/UpdateStatus",
-    "/model_express.p2p.P2pService/PublishReady",
     # node-cache block holders
     "/mxfs.v1.BlockHolders/Announce",
     "/mxfs.v1.BlockHolders/Withdraw",

@@ -15,17 +15,18 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import start_http_server
 
 from mxfs.config import ServerConfig
+from mxfs.misses import RecentMisses
 from mxfs.origins.base import Origin
 from mxfs.origins.local import LocalOrigin
 from mxfs.rpc import model_express_health_pb2_grpc
 from mxfs.rpc.auth import server_interceptors
 from mxfs.rpc.channel import CHANNEL_OPTIONS, read_pem
-from mxfs.server import holders, modelexpress
+from mxfs.server import api, holders, modelexpress
 from mxfs.server.catalog import ModelCatalog
 from mxfs.server.datahttp import RangeServer
 from mxfs.server.metrics import ServerMetrics
 from mxfs.server.model_cache import build_remote_origins
-from mxfs.server.service import HealthServicer, MxfsServicer, add_to_server
+from mxfs.server.service import HEALTH_SERVICE_NAME, SERVICE_NAME, HealthServicer, MxfsServicer, add_to_server
 from mxfs.weight_sources import service as p2p_service
 
 log = logging.getLogger(__name__)
@@ -41,10 +42,13 @@ class ServerContext:
     metrics: ServerMetrics
     grpc_server: grpc.Server
     on_stop: list[Callable[[], None]] = field(default_factory=list)
+    #: full gRPC service names reported SERVING by grpc.health.v1 once the server listens
+    services: list[str] = field(default_factory=list)
 
 
 #: extra services register themselves here: ``fn(ctx)`` adds servicers to ``ctx.grpc_server``
-SERVICE_PLUGINS: list[Callable[[ServerContext], None]] = [holders.register, p2p_service.register, modelexpress.install]
+SERVICE_PLUGINS: list[Callable[[ServerContext], None]] = [holders.register, p2p_service.register, modelexpress.install,
+                                                          api.install]
 
 
 def build_origins(config: ServerConfig, state_dir: Path, metrics: ServerMetrics | None = None) -> list[Origin]:
@@ -62,7 +66,8 @@ class Server:
         state_dir = Path(config.cache_dir)
         state_dir.mkdir(parents=True, exist_ok=True)
         self.metrics = ServerMetrics()
-        self.catalog = ModelCatalog(build_origins(config, state_dir, self.metrics), state_dir, config.block_size)
+        self.catalog = ModelCatalog(build_origins(config, state_dir, self.metrics), state_dir, config.block_size,
+                                    misses=RecentMisses(config.negative_ttl))
         self.grpc_server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="mxfs-rpc"),
             options=CHANNEL_OPTIONS, interceptors=server_interceptors(config.auth_token, config.auth_reads),
@@ -71,6 +76,7 @@ class Server:
         self.servicer = MxfsServicer(self.catalog, self.metrics, config.chunk_size)
         add_to_server(self.servicer, self.grpc_server)
         model_express_health_pb2_grpc.add_HealthServiceServicer_to_server(HealthServicer(), self.grpc_server)
+        self.ctx.services += [SERVICE_NAME, HEALTH_SERVICE_NAME]
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
         for plugin in SERVICE_PLUGINS:
@@ -116,7 +122,8 @@ class Server:
             )
             self.metrics_port = httpd.server_port
             self.ctx.on_stop.append(httpd.shutdown)
-        self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        for name in ("", *self.ctx.services):
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("mxfs server listening on %s:%d (%s, data %s, metrics %s), origins: %s", self.config.host,
                  self.port, "TLS" if self.config.tls_cert_file else "plaintext",
                  self.servicer.data_port or "off", self.metrics_port or "off",

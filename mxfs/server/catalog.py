@@ -1,4 +1,8 @@
-"""The server's model catalog: resolves through origins, remembers manifests and use."""
+"""The server's model catalog: resolves through origins, remembers manifests and use.
+
+A name (and revision) that no origin has is remembered for a while (``misses``), so a
+client that keeps asking for it does not cost an origin (Hub) request each time.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from mxfs.fileio import atomic_write, path_under
 from mxfs.manifest.model import FileEntry, Manifest
 from mxfs.manifest.names import is_commit, validate_name, validate_relpath, validate_revision
 from mxfs.manifest.validate import validate_manifest
+from mxfs.misses import RecentMisses
 from mxfs.origins.base import Origin
 
 log = logging.getLogger(__name__)
@@ -28,9 +33,12 @@ class CatalogEntry:
 class ModelCatalog:
     """Thread-safe map of resolved snapshots, persisted as JSON manifests in the cache dir."""
 
-    def __init__(self, origins: list[Origin], state_dir: Path, block_size: int) -> None:
+    def __init__(self, origins: list[Origin], state_dir: Path, block_size: int,
+                 misses: RecentMisses[tuple[str, str, frozenset[str] | None]] | None = None) -> None:
         self.origins = origins
         self.block_size = block_size
+        self.misses: RecentMisses[tuple[str, str, frozenset[str] | None]] = (
+            misses if misses is not None else RecentMisses())
         self._dir = state_dir / "manifests"
         self._dir.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
@@ -54,8 +62,16 @@ class ModelCatalog:
             if entry is not None:
                 entry.last_used = time.time()
                 return entry.manifest
-        origin = self._origin_for(name, kinds)
-        manifest = validate_manifest(origin.resolve(name, revision, self.block_size), name, revision)
+        asked = (name, revision, frozenset(kinds) if kinds is not None else None)
+        missing = self.misses.get(asked)
+        if missing is not None:
+            raise ModelNotFound(missing)
+        try:
+            origin = self._origin_for(name, kinds)
+            manifest = validate_manifest(origin.resolve(name, revision, self.block_size), name, revision)
+        except ModelNotFound as exc:
+            self.misses.add(asked, str(exc))
+            raise
         with self._lock:
             known = self._entries.get((name, manifest.revision))
             self._entries[(name, manifest.revision)] = CatalogEntry(manifest, origin, time.time())

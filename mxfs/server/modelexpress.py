@@ -202,6 +202,7 @@ def install(ctx: ServerContext) -> None:
     cache = model_cache_of(ctx.catalog.origins)
     servicer = ModelServicer(ctx.catalog, cache, ctx.metrics, ctx.config.chunk_size)
     pb_grpc.add_ModelServiceServicer_to_server(servicer, ctx.grpc_server)
+    ctx.services.append(pb.DESCRIPTOR.services_by_name["ModelService"].full_name)
     ctx.on_stop.append(servicer.close)
     if cache is not None:
         cache.evictor.start(ctx.config.evict_interval_s)

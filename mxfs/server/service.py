@@ -19,6 +19,7 @@ from mxfs.server.metrics import ServerMetrics
 
 MAX_CHUNK = 4 * 1024 * 1024
 SERVICE_NAME = mxfs_pb2.DESCRIPTOR.services_by_name["MxfsService"].full_name
+HEALTH_SERVICE_NAME = health_pb2.DESCRIPTOR.services_by_name["HealthService"].full_name
 MAX_RANGE = 1 << 40
 MAX_HASHES = 1024  # per GetBlockHashes reply (32 KiB of digests)
 

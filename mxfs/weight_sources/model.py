@@ -4,24 +4,30 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import hashlib
 import json
 from dataclasses import dataclass, field
 
 
 class Status(enum.IntEnum):
-    """Mirrors ``mxfs.p2p.v1.SourceStatus``."""
+    """``model_express.p2p.SourceStatus`` (same numbers on the wire).
 
-    UNSPECIFIED = 0
-    PENDING = 1
+    mxfs has no separate DRAINING value: a source that shuts down reports STALE, which is
+    ModelExpress's own shutdown signal; targets never start a read from a STALE source.
+    """
+
+    UNKNOWN = 0
+    INITIALIZING = 1
     READY = 2
-    DRAINING = 3
-    STALE = 4
+    STALE = 3
 
 
 @dataclass(frozen=True)
 class SourceIdentity:
-    """What two workers must share before one may copy the other's weights."""
+    """What two workers must share before one may copy the other's weights.
+
+    ``rank`` and ``device`` are per worker on the wire (worker_rank, accelerator); the rest
+    maps onto ``model_express.p2p.SourceIdentity``.
+    """
 
     model: str
     revision: str
@@ -35,10 +41,19 @@ class SourceIdentity:
     rank: int = 0
     device: str = "cpu"
 
-    def key(self) -> str:
-        """A stable short key for the registry (every field counts)."""
-        doc = json.dumps(dataclasses.asdict(self), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(doc.encode()).hexdigest()[:32]
+    def accepts(self, other: SourceIdentity) -> bool:
+        """May a worker of ``self`` copy weights from ``other``?
+
+        Every field must agree (names compare case-insensitively, as source ids do), except a
+        backend version ``other`` left empty (ModelExpress's vLLM loader does not send one):
+        the pull itself still checks every tensor's name, dtype, shape and checksum.
+        """
+        mine, theirs = dataclasses.asdict(self), dataclasses.asdict(other)
+        if not theirs["backend_version"]:
+            theirs["backend_version"] = mine["backend_version"]
+        for name in ("model", "revision", "dtype", "quantization", "backend", "device"):
+            mine[name], theirs[name] = str(mine[name]).lower(), str(theirs[name]).lower()
+        return mine == theirs
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -64,7 +79,11 @@ class TensorDesc:
 
 @dataclass(frozen=True)
 class SourceInfo:
-    """The small registry record of one source (no tensors, no agent metadata)."""
+    """One worker of a source as a target sees it (no tensors, no agent metadata).
+
+    ``source_id`` is the worker's id (unique per worker process, never reused after a
+    restart); ``mx_source_id`` is the id of its identity, shared by all its replicas.
+    """
 
     source_id: str
     identity: SourceIdentity
@@ -74,17 +93,7 @@ class SourceInfo:
     tensor_count: int = 0
     total_bytes: int = 0
     updated_unix: float = 0.0
-
-    def to_json(self) -> bytes:
-        doc = dataclasses.asdict(self) | {"identity": self.identity.to_json(), "status": int(self.status)}
-        return json.dumps(doc, sort_keys=True).encode()
-
-    @classmethod
-    def from_json(cls, raw: bytes) -> SourceInfo:
-        doc = json.loads(raw)
-        doc["identity"] = SourceIdentity.from_json(doc["identity"])
-        doc["status"] = Status(doc["status"])
-        return cls(**doc)
+    mx_source_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -95,3 +104,33 @@ class SourceMetadata:
     agent_metadata: bytes
     mem_type: str
     tensors: list[TensorDesc] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class WorkerState:
+    """The server's small, mutable record of one published worker rank.
+
+    The identity and the worker's published metadata are stored once, as the bytes the
+    worker sent; heartbeats rewrite only this record.
+    """
+
+    mx_source_id: str
+    worker_id: str
+    rank: int
+    model_name: str
+    status: Status
+    updated_ms: int
+    accelerator: str = ""
+    source_load: float | None = None
+    training_step: int | None = None
+    layout_signature: str | None = None
+    topology: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> bytes:
+        return json.dumps(dataclasses.asdict(self) | {"status": int(self.status)}, sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> WorkerState:
+        doc = json.loads(raw)
+        doc["status"] = Status(doc["status"]) if doc["status"] in Status._value2member_map_ else Status.UNKNOWN
+        return cls(**doc)

@@ -64,9 +64,9 @@ class Peer:
         for source_id in candidates[:max_tries]:
             try:
                 meta = self.client.metadata(source_id)
-                if meta.info.identity != self.identity or meta.info.status is not Status.READY:
+                if not self.identity.accepts(meta.info.identity) or meta.info.status is not Status.READY:
                     raise SourceRejected(f"source {source_id} is {meta.info.status.name} with another identity"
-                                         if meta.info.identity != self.identity else
+                                         if not self.identity.accepts(meta.info.identity) else
                                          f"source {source_id} is {meta.info.status.name}")
                 return pull(self.agent, meta, self._tensors, timeout_s)
             except (P2PError, MxfsError) as exc:

@@ -78,6 +78,7 @@ def _serve(mount: NodeMountFixture, tmp_path: Path, sock_dir: Path) -> Iterator[
         node_id=NODE_ID,
         mountpoint=mount.mountpoint,
         driver_name=DRIVER,
+        kubelet_dir=tmp_path,  # the test's targets live in tmp_path, as pods' do in kubelet's dir
     )
     server = build_server(config)
     channel = grpc.insecure_channel(f"unix://{sock}")
@@ -105,6 +106,21 @@ def csi(bind_node_mount: NodeMountFixture, tmp_path: Path, short_tmp: Path) -> I
 def csi_any(node_mount: NodeMountFixture, tmp_path: Path, short_tmp: Path) -> Iterator[Csi]:
     """CSI server over each node mount kind (data-path tests)."""
     yield from _serve(node_mount, tmp_path, short_tmp)
+
+
+@pytest.fixture
+def serve_csi(tmp_path: Path, short_tmp: Path) -> Iterator:
+    """Factory: a CSI server over a given node mount (stopped at the end)."""
+    running: list[Iterator[Csi]] = []
+
+    def start(mount: NodeMountFixture) -> Csi:
+        served = _serve(mount, tmp_path, short_tmp)
+        running.append(served)
+        return next(served)
+
+    yield start
+    for served in running:
+        next(served, None)
 
 
 @pytest.fixture

@@ -81,17 +81,18 @@ def unmount_everything_under(root: Path, keep: Path | None = None) -> None:
 
 
 def mount_dead_fuse(path: Path) -> None:
-    """Leave at ``path`` what a crashed FUSE daemon leaves: a mount answering ENOTCONN.
+    """Leave at ``path`` what a crashed node daemon leaves: a mxfs mount answering ENOTCONN.
 
-    Mounts a FUSE filesystem on a fresh /dev/fuse descriptor and closes it at once,
-    which aborts the connection exactly as a daemon's death does.
+    Mounts a FUSE filesystem of the daemon's type (``fuse.mxfs``) on a fresh /dev/fuse
+    descriptor and closes it at once, which aborts the connection exactly as a daemon's
+    death does.
     """
     need_fuse()
     fd = os.open("/dev/fuse", os.O_RDWR)
     try:
         opts = f"fd={fd},rootmode=40000,user_id=0,group_id=0".encode()
         flags = mounts.MS_NOSUID | mounts.MS_NODEV
-        if _libc.mount(b"mxfs-dead", str(path).encode(), b"fuse.mxfs-dead", flags, opts) != 0:
+        if _libc.mount(b"mxfs", str(path).encode(), b"fuse.mxfs", flags, opts) != 0:
             err = ctypes.get_errno()
             raise OSError(err, os.strerror(err), str(path))
     finally:

@@ -142,13 +142,26 @@ def test_unpublish_cleans_a_target_left_by_a_crashed_daemon(csi: Csi, tmp_path: 
 
 def test_unpublish_peels_stacked_mounts(csi: Csi, tmp_path: Path) -> None:
     target = tmp_path / "stacked"
-    csi.node.NodePublishVolume(publish_request(target, csi.mount.model), timeout=30)
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    bind(elsewhere, target)
+    target.mkdir()
+    mount_dead_fuse(target)  # two crashed daemons' mounts, one on the other
+    mount_dead_fuse(target)
     assert len(entries_at(target)) == 2
     unpublish(csi, target)
     assert not entries_at(target) and not target.exists()
+
+
+def test_unpublish_leaves_a_foreign_mount_stacked_on_a_volume(csi: Csi, tmp_path: Path) -> None:
+    target = tmp_path / "stacked"
+    csi.node.NodePublishVolume(publish_request(target, csi.mount.model), timeout=30)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    bind(elsewhere, target)  # someone else's mount on top of the volume
+    assert len(entries_at(target)) == 2
+    with pytest.raises(grpc.RpcError) as err:
+        unpublish(csi, target)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert len(entries_at(target)) == 2  # neither mount was touched
+    unmount_everything_under(target)  # (test clean-up: both go)
 
 
 def test_volume_stats_and_condition(csi: Csi, tmp_path: Path) -> None:

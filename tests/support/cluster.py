@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import signal
@@ -74,16 +75,22 @@ class ServerProc:
     def log(self) -> str:
         return self.log_path.read_text() if self.log_path and self.log_path.exists() else ""
 
-    def metric(self, name: str) -> float:
-        """Sum of a Prometheus counter/gauge (all label sets) scraped from the server."""
-        body = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).read()
-        total = 0.0
-        for line in body.decode().splitlines():
-            if line.startswith(name) and not line.startswith("#"):
-                head, _, value = line.rpartition(" ")
-                if head == name or head.startswith(name + "{"):
-                    total += float(value)
-        return total
+    def metric(self, name: str, **labels: str) -> float:
+        """Sum of a Prometheus counter/gauge scraped from the server (see ``scrape_metric``)."""
+        return scrape_metric(self.metrics_port, name, **labels)
+
+
+def scrape_metric(port: int, name: str, **labels: str) -> float:
+    """Sum of a Prometheus counter/gauge served on 127.0.0.1:``port`` over the label sets
+    that include every ``labels`` pair (none given: all label sets)."""
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+    wanted = [f'{k}="{v}"' for k, v in labels.items()]
+    total = 0.0
+    for line in body.decode().splitlines():
+        head, _, value = line.rpartition(" ")
+        if (head == name and not wanted) or (head.startswith(name + "{") and all(w in head for w in wanted)):
+            total += float(value)
+    return total
 
 
 @dataclass
@@ -96,6 +103,7 @@ class MountProc:
     extra: list[str] = field(default_factory=list)
     proc: subprocess.Popen | None = None
     log_path: Path | None = None
+    killed: bool = False  # the last stop was a SIGKILL: a stale mount is expected
 
     def start(self, wait_model: str | None = None) -> MountProc:
         self.mountpoint.mkdir(parents=True, exist_ok=True)
@@ -105,6 +113,7 @@ class MountProc:
              "--cache-dir", str(self.cache_dir), *self.extra],
             env=_env(), stdout=self.log_path.open("a"), stderr=subprocess.STDOUT,
         )
+        self.killed = False
 
         def up() -> bool:
             if self.proc.poll() is not None:
@@ -121,14 +130,58 @@ class MountProc:
         return self
 
     def stop(self, kill: bool = False) -> None:
-        if self.proc and self.proc.poll() is None:
+        """SIGTERM (or SIGKILL) the daemon. After SIGTERM the daemon must have removed its own
+        mount: if it did not, the mount is cleaned up (to keep the machine clean) and the
+        stop fails. A dead mount a SIGKILL left behind is the test's point: it is cleaned
+        quietly once the test no longer restarts the daemon (a live mount at the same path,
+        of a daemon started since, is never touched)."""
+        if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
-            self.proc.wait(timeout=20)
-        if not kill and mounts.is_mounted(self.mountpoint):
-            subprocess.run(["fusermount3", "-u", "-z", str(self.mountpoint)], capture_output=True, timeout=30)
+            self.killed = kill
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+                self._clean_mount()
+                raise AssertionError(f"daemon did not exit within 30 s of SIGTERM: {self.log()[-2000:]}") from None
+            if not kill and mounts.is_mounted(self.mountpoint):
+                self._clean_mount()
+                raise AssertionError(f"daemon exited (rc {self.proc.returncode}) without unmounting "
+                                     f"{self.mountpoint}: {self.log()[-2000:]}")
+            return
+        if self._dead_mount():
+            self._clean_mount()
+            if not self.killed:
+                raise AssertionError(f"daemon died leaving {self.mountpoint} mounted: {self.log()[-2000:]}")
+
+    def _dead_mount(self) -> bool:
+        """A mount at the mountpoint whose daemon is gone ("Transport endpoint is not connected")."""
+        if not mounts.is_mounted(self.mountpoint):
+            return False
+        try:
+            os.statvfs(self.mountpoint)
+        except OSError as exc:
+            return exc.errno in (errno.ENOTCONN, errno.ECONNABORTED)
+        return False
+
+    def _clean_mount(self) -> None:
+        subprocess.run(["fusermount3", "-u", "-z", str(self.mountpoint)], capture_output=True, timeout=30)
 
     def log(self) -> str:
         return self.log_path.read_text() if self.log_path and self.log_path.exists() else ""
+
+
+def stop_all(procs: list[MountProc]) -> None:
+    """Stop every daemon, then raise the first failure (a daemon that left its mount)."""
+    failures: list[AssertionError] = []
+    for proc in procs:
+        try:
+            proc.stop()
+        except AssertionError as exc:
+            failures.append(exc)
+    if failures:
+        raise failures[0]
 
 
 def fuse_available() -> bool:

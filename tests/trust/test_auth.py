@@ -14,7 +14,9 @@ from mxfs.rpc import model_express_health_pb2 as health_pb2
 from mxfs.rpc import model_express_health_pb2_grpc as health_grpc
 from mxfs.rpc import model_express_model_pb2 as me_pb2
 from mxfs.rpc import model_express_model_pb2_grpc as me_grpc
-from mxfs.rpc import mxfs_pb2, mxfs_pb2_grpc, p2p_pb2, p2p_pb2_grpc, peer_pb2, peer_pb2_grpc
+from mxfs.rpc import model_express_p2p_pb2 as p2p_pb2
+from mxfs.rpc import model_express_p2p_pb2_grpc as p2p_pb2_grpc
+from mxfs.rpc import mxfs_pb2, mxfs_pb2_grpc, peer_pb2, peer_pb2_grpc
 from mxfs.rpc.auth import MUTATING_METHODS
 from mxfs.rpc.channel import ChannelSecurity, open_channel
 from mxfs.server.app import Server
@@ -58,10 +60,10 @@ def _code(call) -> grpc.StatusCode | None:
 
 
 def _publish(channel: grpc.Channel, source_id: str) -> None:
-    req = p2p_pb2.PublishSourceRequest(
-        identity=convert.identity_to_pb(IDENT), source_id=source_id, agent_name="a", agent_metadata=b"m",
-        manifest=convert.manifest_to_pb([], "cuda"), status=int(Status.READY), host="h")
-    p2p_pb2_grpc.P2PServiceStub(channel).PublishSource(req, timeout=10)
+    req = p2p_pb2.PublishMetadataRequest(
+        identity=convert.identity_to_pb(IDENT), worker_id=source_id,
+        worker=convert.worker_to_pb(IDENT, "a", b"m", [], Status.READY, "h"))
+    assert p2p_pb2_grpc.P2pServiceStub(channel).PublishMetadata(req, timeout=10).success
 
 
 def _announce(channel: grpc.Channel) -> None:
@@ -85,11 +87,12 @@ def test_mutating_calls_without_the_token_are_refused(secured) -> None:
         assert _code(lambda c=channel: me_grpc.ModelServiceStub(c).EnsureModelDownloaded(ensure, timeout=10)) == unauth
     # nothing was published by the refused calls
     ls = p2p_pb2.ListSourcesRequest(identity=convert.identity_to_pb(IDENT))
-    assert not p2p_pb2_grpc.P2PServiceStub(anon).ListSources(ls, timeout=10).sources
+    assert not p2p_pb2_grpc.P2pServiceStub(anon).ListSources(ls, timeout=10).instances
     # the same calls with the token go through
     assert _code(lambda: _publish(authed, "src-2")) is None
     assert _code(lambda: _announce(authed)) is None
-    assert [s.source_id for s in p2p_pb2_grpc.P2PServiceStub(anon).ListSources(ls, timeout=10).sources] == ["src-2"]
+    assert [s.worker_id for s in p2p_pb2_grpc.P2pServiceStub(anon).ListSources(ls, timeout=10).instances] == \
+        ["src-2"]
     # read-only calls of an unmodified client (no token, plain stubs) keep working
     plain = grpc.insecure_channel(address)
     assert mxfs_pb2_grpc.MxfsServiceStub(plain).GetManifest(mxfs_pb2.ModelRequest(name=MODEL), timeout=30).files
@@ -122,6 +125,4 @@ def test_every_listed_mxfs_method_exists() -> None:
     pool = descriptor_pool.Default()
     for full in MUTATING_METHODS:
         service, method = full.strip("/").split("/")
-        if service.startswith("model_express.p2p."):
-            continue  # the upstream P2P service registers itself where it is served
         assert pool.FindServiceByName(service).FindMethodByName(method) is not None, full

@@ -186,8 +186,10 @@ def test_source_killed_mid_transfer_fails_cleanly(server, sources, monkeypatch):
 def test_killed_source_turns_stale_then_is_reaped(start_server, nixl_torch, monkeypatch):
     from mxfs.weight_sources.client import SourceClient
 
-    monkeypatch.setenv("MX_P2P_STALE_S", "1")
-    monkeypatch.setenv("MX_P2P_REAP_S", "3")
+    monkeypatch.setenv("MX_HEARTBEAT_TIMEOUT_SECS", "1")
+    monkeypatch.setenv("MX_GC_TIMEOUT_SECS", "2")
+    monkeypatch.setenv("MX_REAPER_SCAN_INTERVAL_SECS", "0.2")
+    monkeypatch.setenv("MX_HEARTBEAT_INTERVAL_SECS", "0.3")
     server = start_server()
     src = Source(server.address, IDENT)
     client = SourceClient(server.address)

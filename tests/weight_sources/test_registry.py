@@ -1,4 +1,4 @@
-"""SourceRegistry on both real stores: publish, list, metadata, heartbeat, STALE, reaping."""
+"""SourceRegistry (ModelExpress semantics) on both real stores: publish, list, get, status, reaping."""
 
 from __future__ import annotations
 
@@ -7,88 +7,106 @@ import time
 
 import pytest
 
-from mxfs.demo import wait_for
-from mxfs.weight_sources.errors import SourceGone
-from mxfs.weight_sources.model import SourceIdentity, SourceInfo, Status
-from mxfs.weight_sources.registry import SourceRegistry
+from mxfs.weight_sources.model import SourceIdentity, Status, WorkerState
+from mxfs.weight_sources.registry import ListFilter, SourceRegistry, now_ms
 
-IDENT = SourceIdentity("org/m", "a" * 40, "bfloat16", tp_size=2, rank=1, backend_version="0.32.0")
+SID = "0123456789abcdef"
 
 
-def info(source_id: str, identity: SourceIdentity = IDENT, status: Status = Status.READY) -> SourceInfo:
-    return SourceInfo(source_id, identity, status, f"mx-{source_id}", "host", 3, 300)
+def state(worker: str, rank: int = 0, status: Status = Status.READY, sid: str = SID, **kw) -> WorkerState:
+    return WorkerState(sid, worker, rank, "org/m", status, kw.pop("updated_ms", now_ms()), "cuda", **kw)
 
 
-def test_publish_list_metadata_unpublish(store):
-    reg = SourceRegistry(store, stale_s=30, reap_s=60)
-    reg.publish(info("s1"), b"agent-md", b"manifest")
-    reg.publish(info("s2", status=Status.PENDING), b"md2", b"m2")
-    reg.publish(info("s3", dataclasses.replace(IDENT, rank=0)), b"md3", b"m3")
-    assert [s.source_id for s in reg.list(IDENT)] == ["s1"]
-    assert {s.source_id for s in reg.list(IDENT, include_stale=True)} == {"s1", "s2"}
-    got, agent, manifest = reg.metadata("s1")
-    assert (got.identity, got.agent_name, agent, manifest) == (IDENT, "mx-s1", b"agent-md", b"manifest")
-    assert reg.set_status("s2", Status.READY).status is Status.READY
-    assert {s.source_id for s in reg.list(IDENT)} == {"s1", "s2"}
-    assert reg.unpublish("s1") and not reg.unpublish("s1")
-    with pytest.raises(SourceGone):
-        reg.metadata("s1")
-    with pytest.raises(SourceGone):
-        reg.heartbeat("s1")
-
-
-def test_stale_then_reaped_and_heartbeat_keeps_alive(store):
-    reg = SourceRegistry(store, stale_s=0.5, reap_s=3.0)
-    reg.publish(info("dead"), b"md", b"m")
-    reg.publish(info("alive"), b"md", b"m")
-    deadline = time.monotonic() + 1.0
+def wait_for(cond, timeout_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        reg.heartbeat("alive")
-        time.sleep(0.1)
-    assert [s.source_id for s in reg.list(IDENT)] == ["alive"]
-    stale = {s.source_id: s.status for s in reg.list(IDENT, include_stale=True)}
-    assert stale == {"alive": Status.READY, "dead": Status.STALE}
-    # both reaped: 'alive' stopped beating too
-    wait_for(lambda: reg.list(IDENT, include_stale=True) == [], 10, "both sources to be reaped")
-    with pytest.raises(SourceGone):
-        reg.heartbeat("dead")
+        if cond():
+            return True
+        time.sleep(0.05)
+    return cond()
+
+
+def test_publish_list_get_update(store):
+    reg = SourceRegistry(store, heartbeat_timeout_s=30, gc_timeout_s=60)
+    reg.publish(state("w/1"), b"ident", b"worker-1")  # any worker id: keys are percent-encoded
+    reg.publish(state("w2", rank=1, status=Status.INITIALIZING, training_step=7), b"ident", b"worker-2")
+    reg.publish(state("w3", sid="fedcba9876543210"), b"other", b"worker-3")
+    assert {s.worker_id for s in reg.list(ListFilter(mx_source_id=SID))} == {"w/1", "w2"}
+    assert [s.worker_id for s in reg.list(ListFilter(status=Status.READY, mx_source_id=SID))] == ["w/1"]
+    assert [s.worker_id for s in reg.list(ListFilter(rank=1))] == ["w2"]
+    assert [s.worker_id for s in reg.list(ListFilter(min_training_step=5))] == ["w2"]
+    assert reg.list(ListFilter(min_training_step=8)) == []
+    assert len(reg.list(ListFilter(limit=2))) == 2
+    got, ident, worker = reg.get(SID, "w/1")
+    assert (got.worker_id, ident, worker) == ("w/1", b"ident", b"worker-1")
+    assert reg.get(SID, "nobody") is None
+    assert reg.update_status(SID, "w2", 1, Status.READY, source_load=0.5)
+    assert reg.get(SID, "w2")[0].source_load == 0.5
+    assert not reg.update_status(SID, "w2", 7, Status.READY)  # unknown rank
+    assert not reg.update_status(SID, "ghost", 0, Status.READY)
+
+
+def test_ready_means_fresh(store):
+    reg = SourceRegistry(store, heartbeat_timeout_s=30, gc_timeout_s=60)
+    reg.publish(state("old", updated_ms=now_ms() - 31_000), b"i", b"w")
+    reg.publish(state("new"), b"i", b"w")
+    assert [s.worker_id for s in reg.list(ListFilter(status=Status.READY))] == ["new"]
+    assert reg.update_status(SID, "old", 0, Status.READY)  # a heartbeat makes it fresh again
+    assert {s.worker_id for s in reg.list(ListFilter(status=Status.READY))} == {"old", "new"}
+
+
+def test_reaper_marks_stale_then_removes(store):
+    reg = SourceRegistry(store, heartbeat_timeout_s=0.3, gc_timeout_s=0.6)
+    reg.publish(state("dead"), b"i", b"w")
+    reg.publish(state("alive"), b"i", b"w")
+    assert reg.reap_once() == (0, 0)
+
+    def dead_is_stale() -> bool:
+        reg.update_status(SID, "alive", 0, Status.READY)
+        reg.reap_once()
+        return reg.get(SID, "dead")[0].status is Status.STALE
+
+    assert wait_for(dead_is_stale)
+    assert reg.get(SID, "alive")[0].status is Status.READY
+    assert [s.worker_id for s in reg.list(ListFilter(status=Status.STALE))] == ["dead"]
+
+    def dead_is_gone() -> bool:
+        reg.update_status(SID, "alive", 0, Status.READY)
+        reg.reap_once()
+        return reg.get(SID, "dead") is None
+
+    assert wait_for(dead_is_gone)
+    assert reg.get(SID, "alive") is not None
+    assert not reg.update_status(SID, "dead", 0, Status.READY)  # the worker must publish again
+
+
+def test_identity_removed_with_its_last_worker(store):
+    reg = SourceRegistry(store, heartbeat_timeout_s=30, gc_timeout_s=60)
+    reg.publish(state("a", status=Status.STALE), b"i", b"w")
+    reg.remove(reg.get(SID, "a")[0])
+    assert store.get(f"p2p/ident/{SID}") is None
+    assert reg.list(ListFilter()) == []
 
 
 def test_heartbeat_does_not_rewrite_the_metadata(store):
-    reg = SourceRegistry(store, stale_s=5, reap_s=10)
-    big = b"x" * (1 << 20)
-    reg.publish(info("s"), big, big)
-    store.hset("p2p/md/s", {"agent": b"marker"})  # a rewrite would restore the original bytes
-    reg.heartbeat("s")
-    assert reg.metadata("s")[1] == b"marker"
-
-
-def test_restarted_worker_never_matches_its_dead_entry(store):
-    reg = SourceRegistry(store, stale_s=0.3, reap_s=30)
-    reg.publish(info("old-process"), b"md", b"m")
-    # the old process died: no heartbeats, so it turns STALE
-    wait_for(lambda: reg.list(IDENT) == [], 10, "the dead source to turn stale")
-    reg.publish(info("new-process"), b"md", b"m")
-    assert [s.source_id for s in reg.list(IDENT)] == ["new-process"]
-
-
-def test_invalid_input(store):
     reg = SourceRegistry(store)
-    with pytest.raises(ValueError):
-        reg.publish(info("bad/id"), b"", b"")
-    with pytest.raises(ValueError):
-        reg.publish(info("x", dataclasses.replace(IDENT, revision="")), b"", b"")
-    reg.publish(info("x"), b"", b"")
-    with pytest.raises(ValueError):
-        reg.set_status("x", Status.STALE)
-    with pytest.raises(ValueError):
-        SourceRegistry(store, stale_s=10, reap_s=1)
+    reg.publish(state("s"), b"i", b"x" * (1 << 20))
+    store.put(f"p2p/worker/{SID}/s/0", b"marker")  # a rewrite would restore the original bytes
+    assert reg.update_status(SID, "s", 0, Status.READY)
+    assert reg.get(SID, "s")[2] == b"marker"
 
 
-def test_identity_key_covers_every_field():
-    keys = {IDENT.key()}
-    for field in dataclasses.fields(SourceIdentity):
-        value = getattr(IDENT, field.name)
-        other = value + 1 if isinstance(value, int) else value + "x"
-        keys.add(dataclasses.replace(IDENT, **{field.name: other}).key())
-    assert len(keys) == 1 + len(dataclasses.fields(SourceIdentity))
+def test_state_json_round_trip_and_bad_input(store):
+    s = state("w", training_step=3, layout_signature="L", topology={"rack": "r1"}, source_load=0.25)
+    assert WorkerState.from_json(s.to_json()) == s
+    with pytest.raises(ValueError):
+        SourceRegistry(store, heartbeat_timeout_s=0)
+
+
+def test_identity_accepts():
+    ident = SourceIdentity("Org/M", "a" * 40, "bfloat16", backend_version="0.32.0", rank=1)
+    assert ident.accepts(dataclasses.replace(ident, model="org/m"))
+    assert ident.accepts(dataclasses.replace(ident, backend_version=""))  # ModelExpress sends none
+    for change in ({"rank": 0}, {"dtype": "float16"}, {"tp_size": 2}, {"revision": "b" * 40},
+                   {"backend_version": "0.33.0"}, {"device": "cuda"}, {"quantization": "fp8"}):
+        assert not ident.accepts(dataclasses.replace(ident, **change)), change
