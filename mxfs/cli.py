@@ -134,7 +134,8 @@ def add_mount(sub: argparse._SubParsersAction) -> None:
                    help="split a cold fleet's first fetches between nodes (default on)")
     p.add_argument("--peer-fill", action=argparse.BooleanOptionalAction, default=None,
                    help="in a cold swarm, hydrate the whole model in a per-node order (default on)")
-    p.add_argument("--peer-hedge", type=float, help="min seconds before a slow peer fetch also asks the server")
+    p.add_argument("--peer-hedge", type=float, help="min seconds before a slow peer fetch also asks the server "
+                   "(with --no-peer-swarm; a swarm waits 3/4 of --fetch-timeout)")
     p.add_argument("--peer-workers", type=int, help="concurrent peer requests served (default 16)")
     p.add_argument("--metrics-host", help="listen address of the metrics endpoint (default 127.0.0.1)")
     p.add_argument("--auth-token-file", help="cluster token file, sent to the server and peers "

@@ -13,7 +13,8 @@ So the fill runs two lanes. The *server lane* fetches the blocks this node owns 
 rendezvous owner, the same on every node), in order, so the server's link carries each block
 once and stays busy from the first second. The *peer lane* fetches the other blocks, in an
 order rotated by this node's rank (node k of N starts k/N of the way in), taking first the
-ones some peer already holds; a block nobody holds yet waits for its owner, at most
+ones some peer already holds (the server lane keeps about ``SERVER_REQUESTS`` in flight
+fleet-wide); a block nobody holds yet waits for its owner, at most
 ``WAIT_FOR_OWNER_S``, then goes through the chain anyway (owner pull-through, or the server).
 Fetches go through the chain: they share the reader's single-flight, verification and cache.
 """
@@ -33,7 +34,7 @@ from mxfs.manifest.model import FileEntry, Manifest
 
 log = logging.getLogger(__name__)
 
-SERVER_LANE = 2     # owned blocks in flight from the server
+SERVER_REQUESTS = 8  # owned blocks in flight from the server, fleet-wide (split over members)
 PEER_LANE = 3       # other blocks in flight from peers
 WINDOW = 32         # pending blocks the peer lane looks at for one already held
 WAIT_FOR_OWNER_S = 5.0
@@ -83,9 +84,8 @@ class _Peerlane:
 class SwarmFill:
     """Starts one background fill per model this node cold-reads in a swarm."""
 
-    def __init__(self, me: PeerNode, server_lane: int = SERVER_LANE, peer_lane: int = PEER_LANE) -> None:
+    def __init__(self, me: PeerNode, peer_lane: int = PEER_LANE) -> None:
         self.me = me
-        self.server_lane = server_lane
         self.peer_lane = peer_lane
         self._nursery: trio.Nursery | None = None
         self._fetch: FetchBlock | None = None
@@ -106,13 +106,16 @@ class SwarmFill:
         mine, others = split_owned(manifest, self.me, members, fill_order(manifest, self.me.node_id, members))
         log.info("swarm fill of %s@%s: %d blocks owned (from the server), %d from %d peers",
                  manifest.name, manifest.revision, len(mine), len(others), len(members))
-        self._nursery.start_soon(self._run, manifest, mine, others)
+        # the server's link is shared by every owner: a few requests in flight each keep it busy
+        # without queueing any one past the fetch timeout
+        server_lane = max(1, min(4, SERVER_REQUESTS // (len(members) or 1)))
+        self._nursery.start_soon(self._run, manifest, mine, others, server_lane)
 
-    async def _run(self, manifest: Manifest, mine: list[Block], others: list[Block]) -> None:
+    async def _run(self, manifest: Manifest, mine: list[Block], others: list[Block], server_lane: int) -> None:
         owned = iter(mine)
         lane = _Peerlane(others)
         async with trio.open_nursery() as nursery:
-            for _ in range(self.server_lane):
+            for _ in range(server_lane):
                 nursery.start_soon(self._server_worker, manifest, owned, lane)
             for _ in range(self.peer_lane):
                 nursery.start_soon(self._peer_worker, manifest, lane)

@@ -39,7 +39,7 @@ MAX_HOLDERS_TRIED = 3
 JOIN_WAIT_S = 2.0
 FAILED_PEER_AVOID_S = 5.0
 BUSY_PEER_AVOID_S = 1.0
-SLOW_PEER_AVOID_S = 5.0
+SLOW_PEER_AVOID_S = 10.0
 
 
 class PeerTier:
@@ -127,14 +127,14 @@ class PeerTier:
     def hedge_after(self) -> float:
         """Seconds before the chain also asks the next tier: a few times the usual peer latency.
 
-        In a swarm the floor is half the fetch timeout: there every link is busy by design and
+        In a swarm the floor is 3/4 of the fetch timeout: there every link is busy by design and
         a slow answer is usually a block its owner is still fetching from the server, so an
         early hedge fetched the same block from the server again, which slowed the server's
         link and the next answers, which hedged more (measured on the emulated network: 3.5
         copies of egress at 16 nodes with a 1 s floor). A stalled peer still costs at most this
         long once: losing the race gets it avoided.
         """
-        floor = self.timeout_s / 2 if self.swarm or not self._ewma_s else self.hedge_min_s
+        floor = self.timeout_s * 0.75 if self.swarm else self.timeout_s / 2 if not self._ewma_s else self.hedge_min_s
         return min(self.timeout_s, max(floor, 4 * self._ewma_s))
 
     # -- internals ---------------------------------------------------------------------------

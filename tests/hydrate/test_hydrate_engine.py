@@ -23,6 +23,7 @@ from mxfs.manifest import hashing
 from mxfs.manifest.model import FileEntry, Manifest
 from mxfs.rpc.client import MxfsClient
 from tests.conftest import MODEL
+from tests.support.needs import missing
 from tests.unit.test_cache_chain import BytesTier
 
 BS = 64 * 1024
@@ -138,7 +139,7 @@ def small_tmpfs(tmp_path):
     root.mkdir()
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(root)],
                       capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
+        missing("tmpfs", "cannot mount a tmpfs here (needs root)")
     try:
         yield root
     finally:

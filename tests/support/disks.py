@@ -9,7 +9,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
+from tests.support.needs import missing
 
 
 @contextlib.contextmanager
@@ -19,7 +19,7 @@ def small_tmpfs(path: Path, size: str) -> Iterator[Path]:
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "mxfs-test", str(path)],
                           capture_output=True, text=True, timeout=30)
     if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+        missing("tmpfs", f"cannot mount a tmpfs here: {done.stderr.strip()}")
     try:
         yield path
     finally:
