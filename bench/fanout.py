@@ -16,7 +16,7 @@ mount at once. Columns: wall time until the last node is done, x the one-node ti
 seconds per node. Targets (issue 12): at 8 and 16 nodes, wall <= 1.5 x one node and egress
 <= 1.1 copies.
 
-Usage: python bench/fanout.py [--size 128MiB] [--block-size 1MiB] [--rate 200] [--nodes 1,4,8,16] [--local-nodes 1]
+Usage: python bench/fanout.py [--size 128MiB] [--block-size 1MiB] [--rate 50] [--nodes 1,4,8,16] [--local-nodes 1]
 """
 
 from __future__ import annotations
@@ -143,7 +143,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", default="128MiB")
     ap.add_argument("--block-size", default="1MiB", help="server block size (small: the emulated links are slow)")
-    ap.add_argument("--rate", type=float, default=200.0, help="link rate of every member, Mbit/s each way")
+    ap.add_argument("--rate", type=float, default=50.0, help="link rate of every member, Mbit/s each way")
     ap.add_argument("--nodes", default="1,4,8,16", help="fleet sizes on the emulated network ('' = none)")
     ap.add_argument("--local-nodes", default="1", help="fleet sizes all on this machine ('' = none)")
     ap.add_argument("--workdir", default=None)

@@ -24,6 +24,7 @@ from mxfs.config import MountConfig
 from mxfs.errors import MxfsError
 from mxfs.fetch.chain import FetchChain
 from mxfs.fetch.hashes import BlockHashes
+from mxfs.fetch.hydrate import Hydrator
 from mxfs.fetch.origin import OriginTier
 from mxfs.fetch.reader import BlockReader
 from mxfs.fetch.resolver import ManifestResolver
@@ -91,6 +92,7 @@ class NodeDaemon:
         self.resolver = ManifestResolver(self.client, self.cache_dir, self.rpc_limiter, faults=self.faults,
                                          misses=RecentMisses(config.negative_ttl))
         self.reader = BlockReader(self.chain, config.readahead_blocks)
+        self.reader.hydrator = Hydrator(self.chain, limiter=self.reader.background)
         self.prefetcher = Prefetcher(self.chain, self.reader.background)
         self.tree = Tree()
         self.socket = control_socket_path(self.cache_dir)

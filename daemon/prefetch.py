@@ -93,17 +93,19 @@ class Prefetcher:
 
     async def _hydrate(self, job: PrefetchJob, manifest: Manifest) -> None:
         job.progress = Progress()
+        failed = ["hydration stopped unexpectedly (see the daemon log)"]
         try:
             failed = await self.hydrator.hydrate(manifest, job.progress)
         except MxfsError as exc:
             failed = [str(exc)]
+        finally:  # whatever happened, waiters learn the job is over (an unexpected error is logged by guarded)
+            with job.lock:
+                job.error = f"{len(failed)} file(s) not hydrated; first: {failed[0]}" if failed else ""
+                job.complete = not failed
+            job.snapshot()
+            with job.lock:
+                job.finished = True
         start = job.progress.started
-        with job.lock:
-            job.error = f"{len(failed)} file(s) not hydrated; first: {failed[0]}" if failed else ""
-            job.complete = not failed
-        job.snapshot()
-        with job.lock:
-            job.finished = True
         secs = time.monotonic() - start
         log.info("hydrated %s@%s: %d/%d bytes in %.1fs (%.0f MB/s)%s", job.name, job.revision, job.done_bytes,
                  job.total_bytes, secs, job.done_bytes / max(secs, 1e-6) / 1e6, f"; {job.error}" if failed else "")

@@ -134,7 +134,8 @@ def add_mount(sub: argparse._SubParsersAction) -> None:
                    help="split a cold fleet's first fetches between nodes (default on)")
     p.add_argument("--peer-fill", action=argparse.BooleanOptionalAction, default=None,
                    help="in a cold swarm, hydrate the whole model in a per-node order (default on)")
-    p.add_argument("--peer-hedge", type=float, help="min seconds before a slow peer fetch also asks the server")
+    p.add_argument("--peer-hedge", type=float, help="min seconds before a slow peer fetch also asks the server "
+                   "(with --no-peer-swarm; a swarm waits 3/4 of --fetch-timeout)")
     p.add_argument("--peer-workers", type=int, help="concurrent peer requests served (default 16)")
     p.add_argument("--passthrough", action=argparse.BooleanOptionalAction, default=None,
                    help="kernel FUSE passthrough for complete, verified files (default on; "

@@ -37,7 +37,9 @@ AZURE_STORAGE_ACCOUNT_NAME = EnvVar(
 AZURE_STORAGE_CONNECTION_STRING = EnvVar(
     "AZURE_STORAGE_CONNECTION_STRING", None, "Azure connection string (alternative to account + default credential)."
 )
-MX_MODEL_URI = EnvVar("MX_MODEL_URI", None, "Model URI (s3://, gs://, az://, or an absolute path).")
+MX_MODEL_URI = EnvVar(
+    "MX_MODEL_URI", None, "vLLM mx loader: stream weights from s3://, gs://, az://, an absolute path or an HF id."
+)
 MX_METADATA_BACKEND = EnvVar("MX_METADATA_BACKEND", "embedded", "Registry backend: embedded or redis.")
 MX_REDIS_URL = EnvVar("MX_REDIS_URL", None, "Redis URL for the registries when MX_METADATA_BACKEND=redis.")
 REDIS_URL = EnvVar("REDIS_URL", None, "Alias of MX_REDIS_URL (ModelExpress reads both).")

@@ -117,6 +117,8 @@ class Hydrator:
         if entry.size == 0 or await in_thread(self.cache.is_complete, entry, bs):
             progress.advance(entry.size, entry.block_count(bs))
             return
+        if entry.size > self.cache.limit:
+            raise CacheFull(f"{entry.path} ({entry.size} bytes) is larger than the node cache ({self.cache.limit})")
         missing = [i for i in range(entry.block_count(bs)) if not self.cache.contains(entry.key(i, bs))]
         have = entry.size - sum(entry.block_span(i, bs)[1] for i in missing)
         progress.advance(have, entry.block_count(bs) - len(missing))
@@ -197,13 +199,19 @@ class Hydrator:
             return
         self.cache.pin(key)
         try:
-            expected = await self.chain.expected(manifest, entry, index)
-            if self.chain.hashes is not None and entry.lazy:
-                entry = self.chain.hashes.view(manifest, entry)  # tiers that verify need the hashes
+            if self.cache.contains(key):
+                return
             if not await in_thread(self.cache.reserve, len(view)):
                 raise CacheFull(f"node cache full (all pinned): cannot hydrate {entry.path}")
             try:
-                await self._receive(manifest, entry, index, view, expected)
+                hot = self.chain.hot.get(key)  # verified by a reader moments ago, its cache write still queued
+                if hot is not None and len(hot) == len(view):
+                    await in_thread(view.__setitem__, slice(None), hot)
+                else:
+                    expected = await self.chain.expected(manifest, entry, index)
+                    if self.chain.hashes is not None and entry.lazy:
+                        entry = self.chain.hashes.view(manifest, entry)  # tiers that verify need the hashes
+                    await self._receive(manifest, entry, index, view, expected)
             except BaseException:
                 self.cache.release(len(view))  # the reserved room was not used
                 raise
@@ -220,8 +228,11 @@ class Hydrator:
         errors: list[str] = []
         for tier in self.chain.tiers:
             start = time.monotonic()
+            hedge = getattr(tier, "hedge_after", None)  # a slow tier hands over to the next one
+            limit = self.chain.timeout_s if hedge is None or tier is self.chain.tiers[-1] \
+                else min(self.chain.timeout_s, hedge())
             try:
-                with trio.fail_after(self.chain.timeout_s):
+                with trio.fail_after(limit):
                     fetch_into = getattr(tier, "fetch_into", None)
                     if fetch_into is not None:
                         await fetch_into(manifest, entry, index, view)
@@ -231,8 +242,11 @@ class Hydrator:
                         ok = await in_thread(_copy_checked, view, data, algorithm, expected,
                                              getattr(tier, "verifies", False))
             except trio.TooSlowError:
-                self.chain.stats.failed(tier.name, "timeout")
-                errors.append(f"{tier.name}: timed out")
+                if limit < self.chain.timeout_s:
+                    self.chain.stats.hedged(tier.name)
+                else:
+                    self.chain.stats.failed(tier.name, "timeout")
+                errors.append(f"{tier.name}: timed out after {limit:g}s")
                 continue
             except (BlockUnavailable, SourceError) as exc:
                 self.chain.stats.failed(tier.name, type(exc).__name__)

@@ -2,7 +2,9 @@
 
 Readahead follows the reader block by block: the window doubles while reads stay
 sequential (up to ``max_blocks``) and resets on a seek. It runs in the background with
-its own limiter so foreground reads keep priority.
+its own limiter so foreground reads keep priority. A reader that stays sequential until
+the window is full hands the rest of its file to the hydrator (with ``hydrator``): the
+file is then filled in place and ends complete, so its next open can be passthrough.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import trio
 
 from mxfs.errors import MxfsError
 from mxfs.fetch.chain import FetchChain
+from mxfs.fetch.hydrate import Hydrator
 from mxfs.fetch.supervise import guarded
 from mxfs.manifest.model import BlockKey, FileEntry, Manifest
 
@@ -32,12 +35,15 @@ class OpenFile:
 
 
 class BlockReader:
-    def __init__(self, chain: FetchChain, max_blocks: int, background_fetches: int = 4) -> None:
+    def __init__(self, chain: FetchChain, max_blocks: int, background_fetches: int = 4,
+                 hydrator: Hydrator | None = None) -> None:
         self.chain = chain
         self.max_blocks = max_blocks
         self.background = trio.CapacityLimiter(background_fetches)
+        self.hydrator = hydrator
         self._nursery: trio.Nursery | None = None
         self._pending: set[BlockKey] = set()
+        self._hydrating: set[str] = set()  # content ids of files a sequential reader is hydrating
 
     def start(self, nursery: trio.Nursery) -> None:
         """Background readahead runs in ``nursery`` (owned by the daemon)."""
@@ -84,6 +90,11 @@ class BlockReader:
             return
         handle.window = min(self.max_blocks, max(1, handle.window * 2))
         m, entry = handle.manifest, handle.entry
+        if (self.hydrator is not None and handle.window == self.max_blocks and entry.sha256 not in self._hydrating
+                and entry.block_count(m.block_size) > 2 * self.max_blocks
+                and entry.size <= self.chain.cache.limit // 2):
+            self._hydrating.add(entry.sha256)
+            self._nursery.start_soon(guarded, self.chain.stats, "hydrate", self._hydrate, m, entry)
         count = entry.block_count(m.block_size)
         for i in range(last_block + 1, min(count, last_block + 1 + handle.window)):
             key = entry.key(i, m.block_size)
@@ -91,6 +102,15 @@ class BlockReader:
                 continue
             self._pending.add(key)
             self._nursery.start_soon(guarded, self.chain.stats, "readahead", self._fetch_ahead, m, entry, i, key)
+
+    async def _hydrate(self, m: Manifest, entry: FileEntry) -> None:
+        assert self.hydrator is not None
+        try:
+            await self.hydrator.hydrate_file(m, entry)
+        except MxfsError as exc:  # readers fetch what they need themselves
+            log.info("hydration of %s after a sequential read stopped: %s", entry.path, exc)
+        finally:
+            self._hydrating.discard(entry.sha256)
 
     async def _fetch_ahead(self, m: Manifest, entry: FileEntry, index: int, key: BlockKey) -> None:
         try:

@@ -1,22 +1,22 @@
-"""vLLM load format ``mx``: pull weights over NIXL from a running worker, else read mxfs files.
+"""vLLM load format ``mx``: fill the built model through a chain of strategies, then serve it.
 
 Flow in each worker: build the model, then
-1. if a READY source with our exact identity exists (model, revision, dtype, quantization,
-   tp/pp/ep, vLLM version, rank, device), READ every parameter and buffer from it into ours
-   and verify names, dtypes, shapes, sizes and per-tensor checksums; at most a few sources
-   are tried, in random order;
-2. otherwise (or after any failure) load every weight from the files: the daemon's complete
-   backing files directly, else through the mount with large reads;
-3. after vLLM's post-processing, publish the loaded tensors as a source and heartbeat until
-   the process exits. Tensors that post-processing changed in place are never published.
+1. run the strategy chain (:mod:`mxfs.vllm.strategies`): ``p2p`` (NIXL pull of every
+   parameter and buffer from a READY source with our exact identity: model, revision, dtype,
+   quantization, tp/pp/ep, vLLM version, rank, device; verified by per-tensor checksums),
+   ``files`` (the mxfs mount or a local directory), ``download`` (no shared storage: the
+   server streams the files into the local HF cache), ``model-streamer`` (``MX_MODEL_URI``
+   through runai-model-streamer), ``default`` (vLLM's loader). The log names the winner;
+2. run vLLM's post-processing;
+3. serve the loaded tensors as a P2P source from a background thread (agent start,
+   registration, checksums, publish, heartbeats), unless post-processing changed any of
+   them in place (a target would get processed bytes twice).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import time
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -24,51 +24,32 @@ from vllm.config import ModelConfig, VllmConfig
 from vllm.config.load import LoadConfig
 from vllm.model_executor.model_loader import register_model_loader
 from vllm.model_executor.model_loader.base_loader import BaseModelLoader
-from vllm.model_executor.model_loader.default_loader import DefaultModelLoader
-from vllm.model_executor.model_loader.weight_utils import filter_safetensors_files_by_weight_name
 
 from mxfs import envs
-from mxfs.errors import MxfsError
-from mxfs.vllm.files import ReadStats, iter_weights
+from mxfs.vllm.p2p import P2PStrategy, SourceServer, fingerprint, fingerprints, model_tensors, p2p_enabled
 from mxfs.vllm.plugin import LOAD_FORMAT
 from mxfs.vllm.resolve import ResolvedModel, resolve
-from mxfs.weight_sources.agent import nixl_available
-from mxfs.weight_sources.checksum import checksum
-from mxfs.weight_sources.client import SourceClient
-from mxfs.weight_sources.errors import NoSource, P2PError
+from mxfs.vllm.strategies import (
+    ChainResult,
+    DefaultStrategy,
+    DownloadStrategy,
+    FilesStrategy,
+    LoadChain,
+    LoadContext,
+    ModelStreamerStrategy,
+)
 from mxfs.weight_sources.model import SourceIdentity
-from mxfs.weight_sources.peer import Peer
 
 log = logging.getLogger(__name__)
-_LIVE_PEERS: list[Peer] = []  # sources stay alive (and heartbeat) for the life of the process
 
 
-def model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Parameters and buffers by name, as plain tensors over the same storage."""
-    out = {name: p.data for name, p in model.named_parameters()}
-    out.update({name: b.data for name, b in model.named_buffers()})
-    return out
+def model_uri(model_config: ModelConfig) -> str | None:
+    """Where the ``model-streamer`` strategy reads weights: ``MX_MODEL_URI``.
 
-
-class _FileLoader(DefaultModelLoader):
-    """vLLM's default loader, reading safetensors through :func:`iter_weights`."""
-
-    def __init__(self, load_config: LoadConfig) -> None:
-        super().__init__(load_config)
-        self.stats = ReadStats()
-
-    def _get_weights_iterator(self, source: DefaultModelLoader.Source):
-        _, files, use_safetensors, _ = self._prepare_weights(
-            source.model_or_path, source.subfolder, source.revision, source.fall_back_to_pt,
-            source.allow_patterns_overrides)
-        if not use_safetensors:
-            return super()._get_weights_iterator(source)
-        if source.is_unused_weight is not None:
-            files = filter_safetensors_files_by_weight_name(files, source.is_unused_weight)
-        if self.counter_before_loading_weights == 0.0:
-            self.counter_before_loading_weights = time.perf_counter()
-        weights = iter_weights([Path(f) for f in sorted(files)], self.stats)
-        return ((source.prefix + name, tensor) for name, tensor in weights)
+    (vLLM itself refuses an object-store ``--model`` with any load format but its own
+    streamers, so ``--model`` names a local directory with the config and tokenizer.)
+    """
+    return envs.MX_MODEL_URI.get()
 
 
 @register_model_loader(LOAD_FORMAT)
@@ -77,30 +58,41 @@ class MxModelLoader(BaseModelLoader):
 
     def __init__(self, load_config: LoadConfig) -> None:
         super().__init__(load_config)
-        self._files = _FileLoader(dataclasses.replace(load_config, load_format="safetensors"))
-        self._identity: SourceIdentity | None = None
-        self._resolved: ResolvedModel | None = None
-        self._peer: Peer | None = None
+        self._files_config = dataclasses.replace(load_config, load_format="safetensors")
+        self._ctx: LoadContext | None = None
+        self._p2p = P2PStrategy()
+        self._before: dict[str, bytes] = {}
         self._loaded: dict[str, torch.Tensor] = {}
-        self._sums: dict[str, bytes] = {}
-        self.path_taken = ""
+        self.result: ChainResult | None = None
+        self.source_server: SourceServer | None = None
+
+    @property
+    def path_taken(self) -> str:
+        return self.result.winner if self.result else ""
 
     def download_model(self, model_config: ModelConfig) -> None:
-        self._files.download_model(model_config)
+        """Nothing to fetch ahead: every strategy fetches what it needs when it loads."""
 
     # -- identity ------------------------------------------------------------------------------
 
-    def _make_identity(self, vllm_config: VllmConfig, model_config: ModelConfig) -> SourceIdentity | None:
+    def _context(self, vllm_config: VllmConfig, model_config: ModelConfig) -> LoadContext:
+        try:
+            resolved: ResolvedModel | None = resolve(model_config.model, model_config.revision)
+        except FileNotFoundError as exc:
+            log.info("mx: %s", exc)
+            resolved = None
+        server = resolved.server if resolved else envs.MODEL_EXPRESS_URL.get()
+        return LoadContext(model_config, self._files_config, resolved,
+                           self._identity(vllm_config, model_config, resolved), server, model_uri(model_config))
+
+    @staticmethod
+    def _identity(vllm_config: VllmConfig, model_config: ModelConfig,
+                  r: ResolvedModel | None) -> SourceIdentity | None:
         import vllm
 
-        try:
-            self._resolved = resolve(model_config.model, model_config.revision)
-        except FileNotFoundError as exc:
-            log.info("mx: %s: P2P off", exc)
-            return None
-        r = self._resolved
-        if not r.name or not r.revision:
-            log.info("mx: %s is not an mxfs or HF-layout model (no resolved revision): P2P off", r.path)
+        if r is None or not r.name or not r.revision:
+            log.info("mx: %s is not an mxfs or HF-layout model (no resolved revision): P2P off",
+                     r.path if r else model_config.model)
             return None
         par = vllm_config.parallel_config
         rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
@@ -113,90 +105,43 @@ class MxModelLoader(BaseModelLoader):
             device=vllm_config.device_config.device.type,
         )
 
-    def _make_peer(self) -> Peer | None:
-        if self._identity is None or not envs.flag(envs.MX_P2P):
-            return None
-        server = self._resolved.server if self._resolved else None
-        if not server:
-            log.info("mx: no server address (MODEL_EXPRESS_URL or a mount's user.mxfs.server): P2P off")
-            return None
-        if not nixl_available():
-            log.info("mx: nixl is not installed: P2P off")
-            return None
-        backends = tuple(b.strip() for b in (envs.MX_NIXL_BACKENDS.get() or "UCX").split(",") if b.strip())
-        try:
-            return Peer(SourceClient(server), self._identity, backends)
-        except P2PError as exc:
-            log.warning("mx: cannot start a NIXL agent (%s): P2P off", exc)
-            return None
-
     # -- loading -------------------------------------------------------------------------------
 
     def load_model(self, vllm_config: VllmConfig, model_config: ModelConfig, prefix: str = "") -> nn.Module:
-        self._identity = self._make_identity(vllm_config, model_config)
-        self._peer = self._make_peer()
+        self._ctx = self._context(vllm_config, model_config)
         model = super().load_model(vllm_config, model_config, prefix)
-        self._publish()
+        self._serve()
         return model
 
     def load_weights(self, model: nn.Module, model_config: ModelConfig) -> None:
-        tensors = model_tensors(model)
-        buffers = {name for name, _ in model.named_buffers()}
-        start = time.perf_counter()
-        if self._peer is not None and self._pull(tensors, buffers):
-            self.path_taken = "p2p"
-        else:
-            self._files.load_weights(model, model_config)
-            tensors = model_tensors(model)  # loaders may replace parameters
-            self._sums = {name: checksum(t) for name, t in tensors.items()} if self._peer else {}
-            self.path_taken = "files"
-            nbytes = sum(self._files.stats.nbytes.values())
-            log.info("mx: loaded %s from files in %.2fs: %s (%.2f GB/s overall)", model_config.model,
-                     time.perf_counter() - start, self._files.stats.summary(),
-                     nbytes / max(time.perf_counter() - start, 1e-9) / 1e9)
-        self._loaded = tensors
+        ctx = self._ctx or self._context_for_reload(model_config)
+        chain = LoadChain([self._p2p, FilesStrategy(), DownloadStrategy(), ModelStreamerStrategy(),
+                           DefaultStrategy()])
+        self.result = chain.run(model, ctx)
+        self._loaded = model_tensors(model)  # loaders may replace parameters
+        if p2p_enabled(ctx):
+            self._before = fingerprints(self._loaded)
 
-    def _pull(self, tensors: dict[str, torch.Tensor], buffer_names: set[str]) -> bool:
-        """Pull every tensor from a source; False (buffers restored) when files must be read."""
-        assert self._peer is not None
-        if any(t.is_meta for t in tensors.values()):
-            log.info("mx: model has meta tensors: P2P off")
-            return False
-        buffers = {n: tensors[n].clone() for n in buffer_names if n in tensors}  # files do not rewrite these
+    def _context_for_reload(self, model_config: ModelConfig) -> LoadContext:
+        """``load_weights`` called alone (weight reload): no identity, so no P2P."""
         try:
-            self._peer.register(tensors)
-            stats = self._peer.pull_any(int(envs.MX_P2P_MAX_TRIES.get() or 3),
-                                        float(envs.MX_P2P_TIMEOUT_S.get() or 120))
-        except NoSource as exc:
-            log.info("mx: no P2P source used (%s): loading from files", exc)
-            for name, saved in buffers.items():
-                tensors[name].copy_(saved)
-            return False
-        except (P2PError, MxfsError) as exc:
-            log.warning("mx: P2P failed (%s): loading from files", exc)
-            for name, saved in buffers.items():
-                tensors[name].copy_(saved)
-            return False
-        self._sums = stats.checksums
-        log.info("mx: loaded weights over NIXL from source %s: %d tensors, %.1f MB in %.3fs (%.2f GB/s)",
-                 stats.source_id, stats.tensors, stats.nbytes / 1e6, stats.seconds, stats.gbps)
-        return True
+            resolved = resolve(model_config.model, model_config.revision)
+        except FileNotFoundError:
+            resolved = None
+        return LoadContext(model_config, self._files_config, resolved, None, None, model_uri(model_config))
 
-    def _publish(self) -> None:
-        """Serve the loaded tensors, unless post-processing changed any of them in place."""
-        peer = self._peer
-        if peer is None:
+    def _serve(self) -> None:
+        """Serve the loaded tensors in the background, unless post-processing changed one in place."""
+        ctx = self._ctx
+        if ctx is None or not p2p_enabled(ctx):
             return
-        changed = [n for n, t in self._loaded.items() if n in self._sums and checksum(t) != self._sums[n]]
+        changed = [n for n, t in self._loaded.items() if n in self._before and fingerprint(t) != self._before[n]]
         if changed:
             log.warning("mx: post-processing changed %d tensors in place (e.g. %s): not serving as a source",
                         len(changed), changed[:3])
-            peer.close()
+            if self._p2p.peer is not None:
+                self._p2p.peer.close()
             return
-        try:
-            peer.publish(self._loaded)
-        except (P2PError, MxfsError) as exc:
-            log.warning("mx: could not publish as a source: %s", exc)
-            peer.close()
-            return
-        _LIVE_PEERS.append(peer)
+        self.source_server = SourceServer(ctx)
+        self.source_server.serve(self._loaded, self._p2p.peer)
+

@@ -31,7 +31,8 @@ class ResolvedModel:
     server: str | None
 
 
-def _hf_snapshot(repo_id: str, revision: str | None) -> Path | None:
+def hf_snapshot(repo_id: str, revision: str | None) -> Path | None:
+    """``repo_id``'s snapshot directory in the local HF cache, if it is there."""
     base = envs.hf_hub_cache() / ("models--" + repo_id.replace("/", "--"))
     ref = revision or "main"
     ref_file = base / "refs" / ref
@@ -56,7 +57,7 @@ def resolve(model: str, revision: str | None = None) -> ResolvedModel:
     path = Path(model)
     if not path.is_dir():
         uri = envs.MX_MODEL_URI.get()
-        snap = _hf_snapshot(model, revision) if "/" in model and not model.startswith("/") else None
+        snap = hf_snapshot(model, revision) if "/" in model and not model.startswith("/") else None
         if snap is not None:
             path = snap
         elif uri and uri.startswith("/") and Path(uri).is_dir():

@@ -46,3 +46,23 @@ def test_prefetch_wait_fails_when_the_server_vanishes(start_server, start_mount)
     assert "not hydrated" in out.stderr or "not every file" in out.stderr
     m = next(m for m in nodectl.status(daemon.mountpoint).models if m.name == MODEL)
     assert m.complete_files < m.files
+
+
+def test_a_sequential_reader_leaves_its_file_complete(start_server, start_mount, origin_hashes):
+    daemon = start_mount(start_server(), extra=["--readahead-blocks", "4"])
+    model = daemon.mountpoint / MODEL
+    shard = max((p for p in origin_hashes if p.endswith(".safetensors")), key=lambda p: (model / p).stat().st_size)
+    with open(model / shard, "rb", buffering=0) as fh:  # read only the first part, in order
+        for _ in range(12):
+            assert fh.read(256 * 1024)
+
+    def complete() -> bool:
+        m = next(m for m in nodectl.status(daemon.mountpoint).models if m.name == MODEL)
+        return m.complete_files - empty >= 1 and "user.mxfs.backing" in os.listxattr(model / shard)
+
+    empty = sum(1 for p in origin_hashes if (model / p).stat().st_size == 0)
+
+    from mxfs.demo import wait_for
+
+    wait_for(complete, 60, "the sequentially read file to be hydrated")
+    assert sha256_file(model / shard) == origin_hashes[shard]
