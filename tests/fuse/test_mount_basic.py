@@ -52,9 +52,10 @@ def test_one_tensor_moves_only_its_blocks(mxfs_mount):
         got = f.get_tensor(name)
     assert (got == want).all()
     moved = mxfs_mount.server.metric("mxfs_server_bytes_served_total") - before_bytes
-    # header block + the tensor's blocks (+ bounded readahead), far less than the file
+    # header block + the tensor's blocks + bounded readahead (kernel 1 MiB, and the daemon's
+    # window, which grows while a reader waits: more on loaded cores), far less than the file
     tensor_blocks = want.nbytes // BLOCK_SIZE + 2
-    assert 0 < moved <= (tensor_blocks + 1 + 8) * BLOCK_SIZE
+    assert 0 < moved <= (tensor_blocks + 1 + 12) * BLOCK_SIZE
     assert moved < manifest_size / 2
 
 

@@ -201,7 +201,12 @@ def test_killed_source_turns_stale_then_is_reaped(start_server, nixl_torch, monk
         while client.list(IDENT) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert client.list(IDENT) == []
-        assert [s.status for s in client.list(IDENT, include_stale=True)] == [Status.STALE]
+        # not fresh already hides it from READY lists; the reaper's next pass marks it STALE
+        def statuses() -> list[Status]:
+            return [s.status for s in client.list(IDENT, include_stale=True)]
+        while statuses() != [Status.STALE] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert statuses() == [Status.STALE]
         while client.list(IDENT, include_stale=True) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert client.list(IDENT, include_stale=True) == []
