@@ -4,7 +4,10 @@ by content address, bounded with LRU eviction that never evicts pinned blocks.
 Blobs are sparse while blocks trickle in from readers; hydration preallocates a blob
 (``prepare_blob``), writes verified blocks in place (``commit``) and records the file
 complete (``mark_complete``) once every block is there and synced: ``complete_blob`` is
-then a plain file with exactly the file's bytes (what FUSE passthrough opens).
+then a plain file with exactly the file's bytes (what FUSE passthrough opens). The complete
+record carries a seal of the blob (inode, size, ctime): every block was verified before it was
+written, and any later write to the blob (or a punched hole) moves its ctime, so ``sealed``
+tells without reading a byte whether the blob is still what was verified.
 
 Every method is blocking and thread-safe: async callers run them in worker threads.
 Write order is data first, then index, so a crash (even ``kill -9``) never leaves an
@@ -44,6 +47,13 @@ DEFAULT_INDEX_BYTES = 1 << 34  # lmdb map size: address space, not disk (the fil
 
 def _encode(key: BlockKey) -> bytes:
     return f"{key.sha256}:{key.block_size}:{key.index}".encode()
+
+
+_SEAL = struct.Struct("<QQq")  # size, inode, ctime_ns of a complete blob when it was recorded
+
+
+def _seal_of(st: os.stat_result) -> bytes:
+    return _SEAL.pack(st.st_size, st.st_ino, st.st_ctime_ns)
 
 
 def _file_key(sha256: str, block_size: int) -> bytes:
@@ -149,6 +159,20 @@ class BlockCache:
         with self._env.begin(db=self._complete_db) as txn:
             return txn.get(_file_key(entry.sha256, block_size)) is not None and self.file_complete(entry, block_size)
 
+    def sealed(self, entry: FileEntry, block_size: int) -> bool:
+        """True when ``entry`` is complete and its blob is unchanged since it was recorded so
+        (same inode, size and ctime): its bytes are the verified ones, without reading them.
+        Records of older caches carry no seal and answer False (the caller verifies)."""
+        try:
+            with self._env.begin(db=self._complete_db) as txn:
+                record = txn.get(_file_key(entry.sha256, block_size))
+            if record is None or len(record) != _SEAL.size or not self.file_complete(entry, block_size):
+                return False
+            return bytes(record) == _seal_of(os.stat(self.blob_path(entry.sha256)))
+        except CACHE_FAILURES as exc:
+            self.faults.report("seal", exc, entry.path)
+            return False
+
     def complete_blob(self, entry: FileEntry, block_size: int) -> Path | None:
         """The blob of a complete file (a plain local file with exactly its bytes), else None.
 
@@ -169,10 +193,11 @@ class BlockCache:
                 if os.fstat(fd).st_size != entry.size:
                     os.ftruncate(fd, entry.size)
                 os.fdatasync(fd)
+                seal = _seal_of(os.fstat(fd))
             finally:
                 os.close(fd)
             with self._env.begin(db=self._complete_db, write=True) as txn:
-                txn.put(_file_key(entry.sha256, block_size), struct.pack("<Q", entry.size))
+                txn.put(_file_key(entry.sha256, block_size), seal)
         except CACHE_FAILURES as exc:
             self.faults.report("complete", exc, entry.path)
             return False

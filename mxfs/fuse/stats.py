@@ -26,6 +26,9 @@ class FuseStats:
         self.opens = Counter("mxfs_node_fuse_opens", "file opens by the mode chosen", ["mode"], registry=r)
         self.verified = Counter("mxfs_node_fuse_verified_files",
                                 "cache blobs fully checked before the kernel may read them", registry=r)
+        self.sealed = Counter("mxfs_node_fuse_sealed_files",
+                              "complete cache blobs opened on their seal (unchanged since recorded), unread",
+                              registry=r)
 
     def read(self, file: str, mode: str, nbytes: int) -> None:
         self.reads.labels(file, mode).inc()

@@ -277,6 +277,34 @@ def test_corrupt_cached_block_is_never_served(node, origin_hashes, mount_mode):
         assert read_all(fh) == digest
 
 
+def unlabelled(port: int, name: str) -> float:
+    """A daemon metric without labels (0 when absent)."""
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return next((float(line.split()[1]) for line in body.splitlines() if line.startswith(f"{name} ")), 0.0)
+
+
+def test_complete_blob_reopens_on_its_seal_without_a_full_check(node, origin_hashes, mount_mode):
+    """Once checked (or hydrated from verified blocks) a complete blob is sealed: after a
+    restart it opens from the blob without being read again. A write to the blob breaks the
+    seal (test_corrupt_cached_block_is_never_served)."""
+    shard = shards(node)[2]
+    digest = origin_hashes[shard.name]
+    hydrate(shard)
+    with open(shard, "rb") as fh:  # first open: checked in full (no seal yet), then sealed
+        assert mode_of(shard) == complete_mode(mount_mode)
+    wait_released(shard)
+    checked = unlabelled(node.metrics_port, "mxfs_node_fuse_verified_files_total")
+    assert checked + unlabelled(node.metrics_port, "mxfs_node_fuse_sealed_files_total") == 1
+    node.stop()
+    node.start(wait_model=MODEL)
+    with open(shard, "rb") as fh:
+        assert mode_of(shard) == complete_mode(mount_mode)
+        os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+        assert read_all(fh) == digest
+    assert unlabelled(node.metrics_port, "mxfs_node_fuse_sealed_files_total") == 1
+    assert unlabelled(node.metrics_port, "mxfs_node_fuse_verified_files_total") == 0
+
+
 def test_hydrated_model_opens_from_its_blobs(node, origin_hashes, mount_mode):
     """``mxfs prefetch --wait`` (the hydration engine) completes every file: the next opens
     are served from the blobs, and with passthrough no read reaches the daemon."""
