@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.support.needs import missing
+from tests.support.procio import next_line
 
 DRIVER = Path(__file__).with_name("upstream_driver.py")
 
@@ -39,15 +38,9 @@ class Upstream:
         self._read(120)
 
     def _read(self, timeout_s: float) -> dict:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([self.proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
-            if ready:
-                line = self.proc.stdout.readline()
-                if not line:
-                    break
-                if line.startswith("{"):
-                    return json.loads(line)
+        line = next_line(self.proc, "{", timeout_s)
+        if line is not None:
+            return json.loads(line)
         raise TimeoutError(f"the ModelExpress driver did not answer (exit {self.proc.poll()})")
 
     def call(self, op: str, timeout_s: float = 60, **kw) -> dict:

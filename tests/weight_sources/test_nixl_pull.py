@@ -14,6 +14,7 @@ import pytest
 
 from mxfs.weight_sources.model import SourceIdentity, Status
 from tests.support.needs import need_module
+from tests.support.procio import next_line
 
 torch = need_module("torch", "pip install torch==2.13.0")
 
@@ -34,17 +35,9 @@ class Source:
 
     def _line(self, prefix: str, timeout_s: float) -> str:
         """The next stdout line starting with ``prefix`` (NIXL logs to stdout too)."""
-        import select
-
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([self.proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
-            if ready:
-                line = self.proc.stdout.readline()
-                if not line:
-                    break
-                if line.startswith(prefix):
-                    return line.strip()
+        line = next_line(self.proc, prefix, timeout_s)
+        if line is not None:
+            return line
         raise TimeoutError(f"source process never said {prefix!r}")
 
     def send(self, cmd: str, expect: str | None = None) -> None:
