@@ -55,6 +55,18 @@ class PeerClients:
                 hit = self._stubs[address] = (channel, peer_pb2_grpc.PeerBlocksStub(channel))
             return hit[1]
 
+    def warm(self, address: str) -> None:
+        """Start connecting to ``address`` now (non-blocking).
+
+        A swarm's links are saturated seconds after it forms; a connection opened then can lose
+        its SYN to a full queue and time out (seen on the emulated fleet as UNAVAILABLE, which
+        avoided the peer and sent its blocks to the server), so members are dialled up front.
+        """
+        stub = self._stub(address)  # noqa: F841 - creates the channel
+        with self._lock:
+            channel = self._stubs[address][0]
+        grpc.channel_ready_future(channel)  # asks the channel to connect; nobody waits on it
+
     def read_block(self, address: str, key: BlockKey, length: int, timeout_s: float,
                    pull: PullThrough | None = None) -> bytearray:
         """The peer's bytes of ``key`` (unverified: the caller checks the hash)."""

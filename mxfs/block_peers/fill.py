@@ -8,22 +8,33 @@ Measured on the emulated fleet (tests/support/fleet.py, docs/peers.md):
 * Fetching in plain order (even rotated per node) still asked owners for blocks they had not
   fetched yet: every request queued behind the server's saturated link while blocks other
   peers already held went unasked (8 nodes: 2x one node with the CPU mostly idle).
+* A peer lane that walked an order rotated by the node's rank looked only at blocks far ahead
+  of what the server had sent so far: it found nothing held, waited, and the node's downlink
+  ran at ~65 % while the server's link was full (link counters sampled every 0.5 s).
 
-So the fill runs two lanes. The *server lane* fetches the blocks this node owns (the swarm's
-rendezvous owner, the same on every node), in order, so the server's link carries each block
-once and stays busy from the first second. The *peer lane* fetches the other blocks, in an
-order rotated by this node's rank (node k of N starts k/N of the way in), taking first the
-ones some peer already holds (the server lane keeps about ``SERVER_REQUESTS`` in flight
-fleet-wide); a block nobody holds yet waits for its owner, at most
-``WAIT_FOR_OWNER_S``, then goes through the chain anyway (owner pull-through, or the server).
-Fetches go through the chain: they share the reader's single-flight, verification and cache.
+So the fill runs two lanes over the model in one order (the manifest's). The *server lane*
+fetches the blocks this node owns (the swarm's rendezvous owner, the same on every node), in
+that order, so the server's link carries each block once and stays busy from the first
+second; all owners move through the model at about the same pace, so how far this node's
+own server lane has got (the *frontier*) says which blocks every owner has started by now.
+The *peer lane* fetches the other blocks. It looks at the first ``WINDOW`` pending ones and
+takes the rarest that some peer holds per the registry view (fewest holders: newly fetched
+blocks spread first, from whoever has them; ties broken by a per-node hash so nodes pick
+different blocks); when none is announced yet it pulls the first one behind the frontier
+from its owner (the owner has it or is fetching it: the request joins that fetch, without
+waiting for holdings to reach the registry); a block ahead of the frontier waits at most
+``WAIT_FOR_OWNER_S``. Fetches go through the chain: they share the reader's single-flight,
+verification and cache.
 """
 
 from __future__ import annotations
 
+import bisect
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+import zlib
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 
 import trio
 
@@ -34,51 +45,86 @@ from mxfs.manifest.model import FileEntry, Manifest
 
 log = logging.getLogger(__name__)
 
-SERVER_REQUESTS = 8  # owned blocks in flight from the server, fleet-wide (split over members)
-PEER_LANE = 3       # other blocks in flight from peers
-WINDOW = 32         # pending blocks the peer lane looks at for one already held
+SERVER_REQUESTS = 16  # owned blocks in flight from the server, fleet-wide (split by share)
+PEER_LANE = 8       # other blocks in flight from peers
+WINDOW = 64         # pending blocks (in model order) the peer lane looks at
 WAIT_FOR_OWNER_S = 5.0
-POLL_S = 0.25
+POLL_S = 0.1
 MAX_FILLS = 64
 
 Block = tuple[FileEntry, int]
+#: a block and its position in the model's order
+Placed = tuple[int, FileEntry, int]
 #: fetch one block through the chain (cache, peers, server) and cache it
 FetchBlock = Callable[[Manifest, FileEntry, int], Awaitable[object]]
 #: whether a block is already in the local cache
 IsCached = Callable[[Manifest, FileEntry, int], bool]
-#: whether some usable peer holds a block now (per the registry view)
-PeerHolds = Callable[[Manifest, FileEntry, int], Awaitable[bool]]
+#: how many usable peers hold a block now (per the registry view)
+PeerCount = Callable[[Manifest, FileEntry, int], Awaitable[int]]
+#: the swarm's members as last listed by the registry (usable ones; may lack this node)
+Members = Callable[[Manifest], Sequence[PeerNode]]
 
 
-def fill_order(manifest: Manifest, me: str, members: Sequence[PeerNode]) -> list[Block]:
-    """Every block of ``manifest``, rotated to start at ``me``'s share of the swarm."""
+def model_order(manifest: Manifest) -> list[Placed]:
+    """Every block of ``manifest`` with its position, in the manifest's file order."""
     blocks = [(e, i) for e in manifest.files for i in range(e.block_count(manifest.block_size))]
-    ids = sorted({m.node_id for m in members} | {me})
-    start = len(blocks) * ids.index(me) // len(ids)
-    return blocks[start:] + blocks[:start]
+    return [(pos, e, i) for pos, (e, i) in enumerate(blocks)]
 
 
-def split_owned(manifest: Manifest, me: PeerNode, members: Sequence[PeerNode],
-                order: list[Block]) -> tuple[list[Block], list[Block]]:
-    """(blocks ``me`` owns, in model order; the others, in ``order``)."""
+def split_owned(manifest: Manifest, me: PeerNode, members: Sequence[PeerNode]) -> tuple[list[Placed], list[Placed]]:
+    """(blocks ``me`` owns, the others), both in model order."""
     everyone = {m.node_id: m for m in members}
     everyone[me.node_id] = me
     nodes = list(everyone.values())
     mine, others = [], []
-    for e, i in order:
+    for pos, e, i in model_order(manifest):
         own = owner(e.key(i, manifest.block_size), nodes)
-        (mine if own is not None and own.node_id == me.node_id else others).append((e, i))
-    mine.sort(key=lambda b: (b[0].path, b[1]))
+        (mine if own is not None and own.node_id == me.node_id else others).append((pos, e, i))
     return mine, others
 
 
-class _Peerlane:
-    """Pending non-owned blocks; workers take the first one a peer holds, or one that waited long."""
+def server_lane_width(owned: int, total: int) -> int:
+    """Requests this node keeps in flight to the server: ``SERVER_REQUESTS`` fleet-wide, split by share.
 
-    def __init__(self, blocks: list[Block]) -> None:
-        self.pending = blocks
-        self.since = time.monotonic()
-        self.lock = trio.Lock()
+    The server's link is shared by every owner (per connection, about equally): a few requests
+    in flight each keep it busy without queueing any one past the fetch timeout. An owner's
+    share of requests follows its share of the blocks (rendezvous hashing gives 130 blocks over
+    16 nodes anywhere from 3 to 14 each), so all owners move through the model at the same
+    pace and the heaviest one does not hold the last blocks back alone.
+    """
+    if not owned:
+        return 1
+    return max(1, min(4, round(SERVER_REQUESTS * owned / max(1, total))))
+
+
+def tie_break(me: str, pos: int) -> int:
+    """A per-node order among equally rare blocks, so nodes spread over them."""
+    return zlib.crc32(f"{me}:{pos}".encode())
+
+
+def choose(me: str, window: Sequence[tuple[int, int]], frontier: int, waited_s: float) -> int | None:
+    """Index into ``window`` [(position, usable holders)] of the block to fetch next, or None to wait.
+
+    The rarest held block first; else the first one its owner has started (position at or
+    behind ``frontier``); else, after ``WAIT_FOR_OWNER_S``, the first one.
+    """
+    held = [(count, tie_break(me, pos), n) for n, (pos, count) in enumerate(window) if count > 0]
+    if held:
+        return min(held)[2]
+    if window and (window[0][0] <= frontier or waited_s > WAIT_FOR_OWNER_S):
+        return 0
+    return None
+
+
+@dataclass
+class _Lanes:
+    """Shared state of one model's fill: the owned blocks and the pending others."""
+
+    owned: Iterator[Placed]
+    pending: list[Placed]
+    frontier: int = -1   # model position of the last owned block the server lane started
+    since: float = field(default_factory=time.monotonic)
+    lock: trio.Lock = field(default_factory=trio.Lock)
 
 
 class SwarmFill:
@@ -90,12 +136,15 @@ class SwarmFill:
         self._nursery: trio.Nursery | None = None
         self._fetch: FetchBlock | None = None
         self._is_cached: IsCached | None = None
-        self._peer_holds: PeerHolds | None = None
+        self._peer_count: PeerCount | None = None
+        self._members: Members | None = None
         self._started: set[tuple[str, str]] = set()
         self.done_blocks = 0
 
-    def start(self, nursery: trio.Nursery, fetch: FetchBlock, is_cached: IsCached, peer_holds: PeerHolds) -> None:
-        self._nursery, self._fetch, self._is_cached, self._peer_holds = nursery, fetch, is_cached, peer_holds
+    def start(self, nursery: trio.Nursery, fetch: FetchBlock, is_cached: IsCached, peer_count: PeerCount,
+              members: Members | None = None) -> None:
+        self._nursery, self._fetch, self._is_cached, self._peer_count = nursery, fetch, is_cached, peer_count
+        self._members = members
 
     def request(self, manifest: Manifest, members: Sequence[PeerNode]) -> None:
         """Fill ``manifest`` in the background (once per model while this daemon runs)."""
@@ -103,22 +152,18 @@ class SwarmFill:
         if self._nursery is None or ref in self._started or len(self._started) >= MAX_FILLS:
             return
         self._started.add(ref)
-        mine, others = split_owned(manifest, self.me, members, fill_order(manifest, self.me.node_id, members))
+        mine, others = split_owned(manifest, self.me, members)
         log.info("swarm fill of %s@%s: %d blocks owned (from the server), %d from %d peers",
                  manifest.name, manifest.revision, len(mine), len(others), len(members))
-        # the server's link is shared by every owner: a few requests in flight each keep it busy
-        # without queueing any one past the fetch timeout
-        server_lane = max(1, min(4, SERVER_REQUESTS // (len(members) or 1)))
-        self._nursery.start_soon(self._run, manifest, mine, others, server_lane)
+        server_lane = server_lane_width(len(mine), len(mine) + len(others))
+        self._nursery.start_soon(self._run, manifest, _Lanes(iter(mine), others), server_lane)
 
-    async def _run(self, manifest: Manifest, mine: list[Block], others: list[Block], server_lane: int) -> None:
-        owned = iter(mine)
-        lane = _Peerlane(others)
+    async def _run(self, manifest: Manifest, lanes: _Lanes, server_lane: int) -> None:
         async with trio.open_nursery() as nursery:
             for _ in range(server_lane):
-                nursery.start_soon(self._server_worker, manifest, owned, lane)
+                nursery.start_soon(self._server_worker, manifest, lanes)
             for _ in range(self.peer_lane):
-                nursery.start_soon(self._peer_worker, manifest, lane)
+                nursery.start_soon(self._peer_worker, manifest, lanes)
         log.info("swarm fill of %s@%s done", manifest.name, manifest.revision)
 
     async def _get(self, manifest: Manifest, entry: FileEntry, index: int) -> None:
@@ -131,30 +176,52 @@ class SwarmFill:
         except MxfsError as exc:  # the reader will fetch it (and report) if it needs it
             log.debug("swarm fill: block %d of %s: %s", index, entry.path, exc)
 
-    async def _server_worker(self, manifest: Manifest, owned, lane: _Peerlane) -> None:
-        for entry, index in owned:  # a shared iterator: each owned block goes to one worker
+    async def _server_worker(self, manifest: Manifest, lanes: _Lanes) -> None:
+        for pos, entry, index in lanes.owned:  # a shared iterator: each owned block goes to one worker
+            if not self._still_mine(manifest, entry, index):  # the swarm grew since the split
+                bisect.insort(lanes.pending, (pos, entry, index), key=lambda b: b[0])
+                continue
+            lanes.frontier = max(lanes.frontier, pos)
             await self._get(manifest, entry, index)
-        await self._peer_worker(manifest, lane)  # then help with the rest
+        lanes.frontier = 1 << 62  # every owner is about done: pull whatever nobody announced yet
+        await self._peer_worker(manifest, lanes)  # then help with the rest
 
-    async def _peer_worker(self, manifest: Manifest, lane: _Peerlane) -> None:
+    def _still_mine(self, manifest: Manifest, entry: FileEntry, index: int) -> bool:
+        """Whether this node still owns a block with the swarm as the registry lists it now.
+
+        The split is made at the first cold read, when members that joined a moment later may
+        not be listed yet; each of them owns some of "our" blocks by now and fetches them from
+        the server itself (measured: 1.3 copies of egress at 8 nodes before this check).
+        """
+        if self._members is None:
+            return True
+        members = list(self._members(manifest))
+        if not members:
+            return True
+        own = owner(entry.key(index, manifest.block_size), [*members, self.me])
+        return own is None or own.node_id == self.me.node_id
+
+    async def _peer_worker(self, manifest: Manifest, lanes: _Lanes) -> None:
         while True:
-            async with lane.lock:
-                picked = await self._pick(manifest, lane)
+            async with lanes.lock:
+                picked = await self._pick(manifest, lanes)
             if picked is None:
-                if not lane.pending:
+                if not lanes.pending:
                     return
                 await trio.sleep(POLL_S)
                 continue
             await self._get(manifest, *picked)
 
-    async def _pick(self, manifest: Manifest, lane: _Peerlane) -> Block | None:
-        """The first pending block a peer holds (within ``WINDOW``), else one that waited enough."""
-        assert self._peer_holds is not None and self._is_cached is not None
-        for n, (entry, index) in enumerate(lane.pending[:WINDOW]):
-            if self._is_cached(manifest, entry, index) or await self._peer_holds(manifest, entry, index):
-                lane.since = time.monotonic()
-                return lane.pending.pop(n)
-        if lane.pending and time.monotonic() - lane.since > WAIT_FOR_OWNER_S:
-            lane.since = time.monotonic()
-            return lane.pending.pop(0)
-        return None
+    async def _pick(self, manifest: Manifest, lanes: _Lanes) -> Block | None:
+        assert self._peer_count is not None and self._is_cached is not None
+        # blocks the reader (or a hedge) already brought in leave the list without a fetch
+        lanes.pending = [b for b in lanes.pending[:WINDOW] if not self._is_cached(manifest, b[1], b[2])] \
+            + lanes.pending[WINDOW:]
+        window = lanes.pending[:WINDOW]
+        counts = [(pos, await self._peer_count(manifest, entry, index)) for pos, entry, index in window]
+        n = choose(self.me.node_id, counts, lanes.frontier, time.monotonic() - lanes.since)
+        if n is None:
+            return None
+        lanes.since = time.monotonic()
+        _, entry, index = lanes.pending.pop(n)
+        return entry, index

@@ -120,7 +120,7 @@ class PeerCache:
         self._server = serve(self.config.peer_host, self.config.peer_port, servicer, self.config.peer_workers, tls)
         nursery.start_soon(self.announcer.run)
         if self.fill is not None:
-            self.fill.start(nursery, chain.block, chain.is_cached, self.tier.peer_holds)
+            self.fill.start(nursery, chain.block, chain.is_cached, self.tier.peer_count, self.tier.swarm_members)
         log.info("peer cache on: node %s at %s, %d cached files to announce", self.node.node_id,
                  self.node.address, self.holdings.files())
 

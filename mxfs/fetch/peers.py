@@ -25,7 +25,7 @@ from mxfs.block_peers.fill import SwarmFill
 from mxfs.block_peers.holdings import Announcer
 from mxfs.block_peers.registry import PeerNode
 from mxfs.block_peers.swarm import owner, rank_holders, swarm_id
-from mxfs.block_peers.view import HolderView
+from mxfs.block_peers.view import HolderView, Snapshot
 from mxfs.errors import BlockUnavailable, SourceError
 from mxfs.fetch.stats import FetchStats
 from mxfs.fetch.threads import in_thread
@@ -38,7 +38,7 @@ _CONTENT_ID = re.compile(r"^[0-9a-f]{64}$")
 MAX_HOLDERS_TRIED = 3
 JOIN_WAIT_S = 2.0
 FAILED_PEER_AVOID_S = 5.0
-BUSY_PEER_AVOID_S = 1.0
+BUSY_PEER_AVOID_S = 0.25
 SLOW_PEER_AVOID_S = 10.0
 
 
@@ -73,6 +73,8 @@ class PeerTier:
         self._bytes_from: dict[str, int] = defaultdict(int)
         self._addresses: dict[str, str] = {}
         self._gates: dict[str, tuple[trio.Event, trio.Event]] = {}
+        self._warmed: set[str] = set()
+        self._swarms: dict[str, tuple[PeerNode, ...]] = {}  # swarm -> members as last listed
         self._ewma_s = 0.0
 
     # -- the Tier interface ------------------------------------------------------------------
@@ -87,39 +89,73 @@ class PeerTier:
         sw = swarm_id(manifest.name, manifest.revision) if self.swarm else ""
         if sw:
             await self._join(sw)
-        snap = await self.view.get(entry.sha256, bs, sw)
-        if sw and self.fill is not None:
-            self.fill.request(manifest, snap.swarm)
-        errors: list[str] = []
-        tried: set[str] = set()
-        holders = [h.node for h in snap.holders
-                   if index in h.blocks and h.node.node_id != self.me.node_id and self._usable(h.node.node_id)]
+        while True:  # the chain bounds the whole fetch (its timeout, and its hedge to the server)
+            snap = await self.view.get(entry.sha256, bs, sw)
+            if sw:
+                self._swarms[sw] = snap.swarm
+                self._warm(snap.swarm)
+                if self.fill is not None:
+                    self.fill.request(manifest, snap.swarm)
+            errors: list[str] = []
+            refused: list[bool] = []  # one per source asked (or skipped): whether it was busy
+            data = await self._from_holders(manifest, entry, index, key, length, expected, snap, sw, errors, refused)
+            if data is not None:
+                return data
+            # every source of the block is at its upload limit: wait for a slot rather than go to
+            # the server (that would be one more copy of egress)
+            if not (sw and refused and all(refused)):
+                raise BlockUnavailable("; ".join(errors) or f"no peer holds {key}")
+            await trio.sleep(BUSY_PEER_AVOID_S)
+
+    async def _from_holders(self, manifest: Manifest, entry: FileEntry, index: int, key: BlockKey, length: int,
+                            expected: bytes, snap: Snapshot, sw: str, errors: list[str],
+                            refused: list[bool]) -> bytes | bytearray | None:
+        """One round: the block's holders in rank order, then (swarm) its owner with pull-through.
+
+        ``refused`` gets one entry per source asked or skipped: True when it was busy.
+        """
+        holding = [h.node for h in snap.holders if index in h.blocks and h.node.node_id != self.me.node_id]
+        refused.extend(True for n in holding if self._busy(n.node_id))
+        holders = [n for n in holding if self._usable(n.node_id)]
+        asked: set[str] = set()
         for peer in rank_holders(key, self.me.node_id, holders, self._load)[:MAX_HOLDERS_TRIED]:
-            tried.add(peer.node_id)
-            data = await self._attempt(peer, key, length, manifest.block_hash, expected, None, errors)
+            asked.add(peer.node_id)
+            data = await self._attempt(peer, key, length, manifest.block_hash, expected, None, errors, refused)
             if data is not None:
                 return data
         if sw:
-            members = {m.node_id: m for m in snap.swarm if self._usable(m.node_id)}
+            # a busy owner stays the owner (asking another member would fetch the block from the
+            # server again); one that failed, is slow or lied hands its blocks to the next member
+            members = {m.node_id: m for m in snap.swarm if self._usable(m.node_id) or self._busy(m.node_id)}
             members[self.me.node_id] = self.me
             own = owner(key, list(members.values()))
             if own is not None and own.node_id == self.me.node_id:
+                if holding and all(refused):  # held elsewhere, all busy: wait for them, not the server
+                    return None
                 raise BlockUnavailable(f"swarm: {key} is this node's to fetch")
-            if own is not None and own.node_id not in tried:
+            if own is not None and own.node_id not in asked:
+                if self._busy(own.node_id):
+                    refused.append(True)
+                    return None
                 pull = PullThrough(manifest.name, manifest.revision, entry.path)
-                data = await self._attempt(own, key, length, manifest.block_hash, expected, pull, errors)
-                if data is not None:
-                    return data
-        raise BlockUnavailable("; ".join(errors) or f"no peer holds {key}")
+                return await self._attempt(own, key, length, manifest.block_hash, expected, pull, errors, refused)
+        return None
 
-    async def peer_holds(self, manifest: Manifest, entry: FileEntry, index: int) -> bool:
-        """Whether a usable peer holds this block now, per the (shared, briefly cached) registry view."""
+    async def peer_count(self, manifest: Manifest, entry: FileEntry, index: int) -> int:
+        """How many usable peers hold this block now, per the (shared, briefly cached) registry view."""
         if not _CONTENT_ID.match(entry.sha256):
-            return False
+            return 0
         sw = swarm_id(manifest.name, manifest.revision) if self.swarm else ""
         snap = await self.view.get(entry.sha256, manifest.block_size, sw)
-        return any(index in h.blocks and h.node.node_id != self.me.node_id and self._usable(h.node.node_id)
-                   for h in snap.holders)
+        if sw:
+            self._swarms[sw] = snap.swarm
+        return sum(1 for h in snap.holders
+                   if index in h.blocks and h.node.node_id != self.me.node_id and self._usable(h.node.node_id))
+
+    def swarm_members(self, manifest: Manifest) -> list[PeerNode]:
+        """The model's swarm as the registry last listed it, less members that failed, are slow or lied."""
+        members = self._swarms.get(swarm_id(manifest.name, manifest.revision), ())
+        return [m for m in members if self._usable(m.node_id) or self._busy(m.node_id)]
 
     def quarantine(self, manifest: Manifest, entry: FileEntry, index: int) -> None:
         """Unused: this tier verifies blocks itself and quarantines the exact peer."""
@@ -166,6 +202,18 @@ class PeerTier:
             return True
         return False
 
+    def _warm(self, members: tuple[PeerNode, ...]) -> None:
+        """Connect to swarm members not dialled yet, before the swarm's traffic fills the links."""
+        for m in members:
+            if m.node_id != self.me.node_id and m.address not in self._warmed:
+                self._warmed.add(m.address)
+                self.clients.warm(m.address)
+
+    def _busy(self, node_id: str) -> bool:
+        """Whether ``node_id`` refused a request as busy moments ago (and is briefly avoided for it)."""
+        hit = self._avoid.get(node_id)
+        return hit is not None and hit[1] == "busy" and hit[0] > time.monotonic()
+
     def _load(self, node_id: str) -> int:
         return self._inflight.get(node_id, 0)
 
@@ -173,7 +221,9 @@ class PeerTier:
         self._avoid[node_id] = (time.monotonic() + seconds, reason)
 
     async def _attempt(self, peer: PeerNode, key: BlockKey, length: int, algorithm: str, expected: bytes,
-                       pull: PullThrough | None, errors: list[str]) -> bytes | bytearray | None:
+                       pull: PullThrough | None, errors: list[str], refused: list[bool]) -> bytes | bytearray | None:
+        """One request to ``peer``; None on a failure (in ``errors``; ``refused`` says whether it was busy)."""
+        refused.append(False)
         self._addresses[peer.node_id] = peer.address
         self._inflight[peer.node_id] += 1
         start = time.monotonic()
@@ -187,6 +237,7 @@ class PeerTier:
             errors.append(str(exc))
             return None
         except PeerBusy as exc:
+            refused[-1] = True
             self.stats.failed(self.name, "busy")
             self._avoid_for(peer.node_id, BUSY_PEER_AVOID_S, "busy")
             errors.append(str(exc))
