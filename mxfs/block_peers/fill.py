@@ -33,7 +33,7 @@ import bisect
 import logging
 import time
 import zlib
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import trio
@@ -47,9 +47,9 @@ log = logging.getLogger(__name__)
 
 SERVER_REQUESTS = 16  # owned blocks in flight from the server, fleet-wide (split by share)
 PEER_LANE = 8       # other blocks in flight from peers
-WINDOW = 64         # pending blocks (in model order) the peer lane looks at
+WINDOW = 32         # pending blocks (in model order) the peer lane looks at
 WAIT_FOR_OWNER_S = 5.0
-POLL_S = 0.1
+POLL_S = 0.25
 MAX_FILLS = 64
 
 Block = tuple[FileEntry, int]
@@ -120,10 +120,12 @@ def choose(me: str, window: Sequence[tuple[int, int]], frontier: int, waited_s: 
 class _Lanes:
     """Shared state of one model's fill: the owned blocks and the pending others."""
 
-    owned: Iterator[Placed]
+    owned: dict[int, Placed]   # owned blocks not started yet, by position (insertion = model order)
     pending: list[Placed]
+    slots: trio.CapacityLimiter  # this node's requests to the server for owned blocks
     frontier: int = -1   # model position of the last owned block the server lane started
     since: float = field(default_factory=time.monotonic)
+    idle_until: float = 0.0  # no block to take was found: workers wait until then
     lock: trio.Lock = field(default_factory=trio.Lock)
 
 
@@ -156,7 +158,8 @@ class SwarmFill:
         log.info("swarm fill of %s@%s: %d blocks owned (from the server), %d from %d peers",
                  manifest.name, manifest.revision, len(mine), len(others), len(members))
         server_lane = server_lane_width(len(mine), len(mine) + len(others))
-        self._nursery.start_soon(self._run, manifest, _Lanes(iter(mine), others), server_lane)
+        lanes = _Lanes({b[0]: b for b in mine}, others, trio.CapacityLimiter(server_lane))
+        self._nursery.start_soon(self._run, manifest, lanes, server_lane)
 
     async def _run(self, manifest: Manifest, lanes: _Lanes, server_lane: int) -> None:
         async with trio.open_nursery() as nursery:
@@ -177,12 +180,16 @@ class SwarmFill:
             log.debug("swarm fill: block %d of %s: %s", index, entry.path, exc)
 
     async def _server_worker(self, manifest: Manifest, lanes: _Lanes) -> None:
-        for pos, entry, index in lanes.owned:  # a shared iterator: each owned block goes to one worker
-            if not self._still_mine(manifest, entry, index):  # the swarm grew since the split
-                bisect.insort(lanes.pending, (pos, entry, index), key=lambda b: b[0])
-                continue
-            lanes.frontier = max(lanes.frontier, pos)
-            await self._get(manifest, entry, index)
+        while lanes.owned:
+            async with lanes.slots:
+                if not lanes.owned:  # another worker took the last one
+                    break
+                pos, entry, index = lanes.owned.pop(next(iter(lanes.owned)))  # the first in model order
+                if not self._still_mine(manifest, entry, index):  # the swarm grew since the split
+                    bisect.insort(lanes.pending, (pos, entry, index), key=lambda b: b[0])
+                    continue
+                lanes.frontier = max(lanes.frontier, pos)
+                await self._get(manifest, entry, index)
         lanes.frontier = 1 << 62  # every owner is about done: pull whatever nobody announced yet
         await self._peer_worker(manifest, lanes)  # then help with the rest
 
@@ -214,6 +221,8 @@ class SwarmFill:
 
     async def _pick(self, manifest: Manifest, lanes: _Lanes) -> Block | None:
         assert self._peer_count is not None and self._is_cached is not None
+        if time.monotonic() < lanes.idle_until:  # another worker just found nothing: no rescan
+            return None
         # blocks the reader (or a hedge) already brought in leave the list without a fetch
         lanes.pending = [b for b in lanes.pending[:WINDOW] if not self._is_cached(manifest, b[1], b[2])] \
             + lanes.pending[WINDOW:]
@@ -221,6 +230,7 @@ class SwarmFill:
         counts = [(pos, await self._peer_count(manifest, entry, index)) for pos, entry, index in window]
         n = choose(self.me.node_id, counts, lanes.frontier, time.monotonic() - lanes.since)
         if n is None:
+            lanes.idle_until = time.monotonic() + POLL_S
             return None
         lanes.since = time.monotonic()
         _, entry, index = lanes.pending.pop(n)

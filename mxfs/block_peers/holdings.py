@@ -84,7 +84,7 @@ class Announcer:
     """Batched announces, heartbeats, swarm membership and a final withdraw."""
 
     def __init__(self, registry: HolderRegistryClient, node: PeerNode, holdings: Holdings,
-                 limiter: trio.CapacityLimiter, interval_s: float = 0.2, swarm_idle_s: float = 30.0) -> None:
+                 limiter: trio.CapacityLimiter, interval_s: float = 0.25, swarm_idle_s: float = 30.0) -> None:
         self.registry = registry
         self.node = node
         self.holdings = holdings

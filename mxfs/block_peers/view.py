@@ -34,7 +34,7 @@ EMPTY = Snapshot((), (), 0.0)
 
 
 class HolderView:
-    def __init__(self, registry: HolderRegistryClient, limiter: trio.CapacityLimiter, max_age_s: float = 0.4) -> None:
+    def __init__(self, registry: HolderRegistryClient, limiter: trio.CapacityLimiter, max_age_s: float = 0.5) -> None:
         self.registry = registry
         self.limiter = limiter
         self.max_age_s = max_age_s

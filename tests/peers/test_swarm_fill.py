@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from mxfs.block_peers.fill import WAIT_FOR_OWNER_S, choose, model_order, server_lane_width, split_owned
+from mxfs.block_peers.fill import (
+    WAIT_FOR_OWNER_S,
+    SwarmFill,
+    choose,
+    model_order,
+    server_lane_width,
+    split_owned,
+)
 from mxfs.block_peers.registry import PeerNode
 from mxfs.manifest.model import FileEntry, Manifest
 
@@ -66,3 +73,18 @@ def test_server_lane_follows_the_share_of_blocks_owned():
     assert server_lane_width(100, 100) == 4             # a lone node: capped
     light, heavy = server_lane_width(3, 130), server_lane_width(16, 130)
     assert light == 1 and heavy == 2                     # 16 fleet-wide: the heavy owner gets more
+
+
+def test_an_owned_block_is_rechecked_against_the_swarm_as_listed_now():
+    m = _manifest()
+    me = PeerNode("n0", "10.0.0.0:1")
+    fill = SwarmFill(me)
+    listed: list[PeerNode] = []
+    fill._members = lambda manifest: listed  # the tier's latest listing of the swarm
+    mine_alone, _ = split_owned(m, me, [])
+    assert all(fill._still_mine(m, e, i) for _, e, i in mine_alone)
+    listed.extend(PeerNode(f"n{k}", f"10.0.0.{k}:1") for k in range(1, 4))  # three joined after the split
+    mine_now, _ = split_owned(m, me, listed)
+    kept = [(e.path, i) for _, e, i in mine_alone if fill._still_mine(m, e, i)]
+    assert kept == [(e.path, i) for _, e, i in mine_now]
+    assert len(kept) < len(mine_alone)
