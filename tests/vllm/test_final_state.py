@@ -83,3 +83,34 @@ def test_nothing_is_pullable_without_post_processing(packing):
     with PostProcessing(defer=True) as post:
         pass
     assert "did not run" in (post.unpullable() or "")
+
+
+def test_a_derived_plain_tensor_makes_the_model_unpullable(packing):
+    """vLLM's real post-processing loop, with a layer whose step keeps a derived tensor as an attribute."""
+    from types import SimpleNamespace
+
+    from vllm.model_executor.layers.quantization.base_config import QuantizeMethodBase
+    from vllm.model_executor.model_loader import base_loader
+
+    from mxfs.vllm.final_state import PostProcessing
+
+    class KeepsADerivedTensor(QuantizeMethodBase):
+        def create_weights(self, layer, *args, **kwargs) -> None: ...
+
+        def apply(self, layer, *args, **kwargs): ...
+
+        def process_weights_after_loading(self, layer) -> None:
+            layer.weight_t = layer.weight.t().contiguous()  # not a parameter or buffer: a pull cannot fill it
+
+    model = tiny_model()
+    model.proj.quant_method = KeepsADerivedTensor()
+    config = SimpleNamespace(word_embeddings_untied_by_checkpoint=False, dtype=torch.float32, quantization=None)
+    with PostProcessing(defer=False) as post:
+        base_loader.process_weights_after_loading(model, config, torch.device("cpu"))
+    assert post.model is model
+    assert "proj.weight_t (a tensor outside parameters and buffers)" in (post.unpullable() or "")
+
+    del model.proj.quant_method, model.proj.weight_t  # no step at all: every tensor is final as loaded
+    with PostProcessing(defer=False) as post:
+        base_loader.process_weights_after_loading(model, config, torch.device("cpu"))
+    assert post.unpullable() is None and sorted(post.published()) == ["norm", "proj.bias", "proj.weight"]
