@@ -61,7 +61,7 @@ def add_server(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--models-dir", help="local origin: DIR/<org>/<name>/ is a model")
     p.add_argument("--block-size", type=parse_size, help="manifest block size, e.g. 4MiB")
     p.add_argument("--metrics-port", type=int, help="Prometheus port (0 = off, default 9091)")
-    p.add_argument("--data-port", type=int, help="HTTP port for bulk block ranges (0 = off, default 8002)")
+    p.add_argument("--data-port", type=int, help="HTTP(S with TLS) port for block ranges (0 = off, default 8002)")
     p.add_argument("--max-workers", type=int, help="gRPC worker threads")
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING, ...")
     p.add_argument("--peer-token", help="cluster token: enables the block-holder registry ($MXFS_PEER_TOKEN)")
@@ -82,8 +82,8 @@ def add_server(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--auth-token-file", help="cluster token file: mutating RPCs need the token "
                    "($MX_AUTH_TOKEN_FILE, or the token itself in $MX_AUTH_TOKEN)")
     p.add_argument("--auth-reads", action=argparse.BooleanOptionalAction, default=None,
-                   help="require the token for read-only calls too (health stays open)")
-    p.add_argument("--tls-cert-file", help="PEM certificate of the gRPC port (TLS on; data plane then off)")
+                   help="require the token for read-only calls and the data plane too (health stays open)")
+    p.add_argument("--tls-cert-file", help="PEM certificate of the gRPC port and the data plane (TLS on for both)")
     p.add_argument("--tls-key-file", help="PEM key of --tls-cert-file")
     p.add_argument("--metrics-host", help="listen address of the metrics endpoint (default: --host)")
     p.add_argument("--metadata-backend", help="model registry: embedded (default) or redis")

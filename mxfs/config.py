@@ -38,7 +38,7 @@ class ServerConfig:
     chunk_size: int = _opt(1024 * 1024, "default stream chunk size in bytes")
     max_workers: int = _opt(32, "gRPC worker threads")
     metrics_port: int = _opt(9091, "Prometheus metrics port (0 disables)")
-    data_port: int = _opt(8002, "HTTP port for bulk block ranges (0 disables; gRPC ReadRange still works)")
+    data_port: int = _opt(8002, "HTTP(S with TLS) port for block ranges (0 disables; gRPC ReadRange still works)")
     log_level: str = _opt("INFO", "log level", ("MODEL_EXPRESS_LOG_LEVEL",))
     peer_token: str = _opt("", "cluster token of the block-holder registry (empty = peer cache off)",
                            ("MXFS_PEER_TOKEN",))

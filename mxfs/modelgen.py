@@ -137,3 +137,58 @@ def generate_model(
         "unk_token": "<unk>", "model_max_length": 2048,
     }))
     return out_dir
+
+
+GPTQ_LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+
+
+def _pack_int4_rows(q: np.ndarray) -> np.ndarray:
+    """Pack int4 values ``q`` [K, N] (0..15) eight per int32 along K, low nibble first: [K/8, N]."""
+    k, n = q.shape
+    q = q.reshape(k // 8, 8, n).astype(np.uint32)
+    packed = np.zeros((k // 8, n), dtype=np.uint32)
+    for j in range(8):
+        packed |= q[:, j, :] << np.uint32(4 * j)
+    return packed.view(np.int32)
+
+
+def generate_gptq_model(out_dir: Path, shape: ModelShape | None = None, group_size: int = 32,
+                        seed: int = 0) -> Path:
+    """A random GPTQ int4 (symmetric, ``desc_act`` off) checkpoint of the Llama in :func:`generate_model`.
+
+    The attention and MLP linears become ``qweight``/``qzeros``/``scales``/``g_idx``; embeddings,
+    norms and ``lm_head`` stay float16. Input and output sizes must be multiples of 32 (vLLM's CPU
+    int4 kernel) and of ``group_size``. One shard; config, tokenizer as :func:`generate_model`.
+    """
+    shape = shape or ModelShape()
+    generate_model(out_dir, shape, shard_bytes=1 << 62, seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    dense = dict(_load_numpy(out_dir / "model.safetensors"))
+    out: dict[str, np.ndarray] = {}
+    for name, arr in dense.items():
+        module = name.removesuffix(".weight")
+        if not module.startswith("model.layers.") or not module.endswith(GPTQ_LINEARS):
+            out[name] = arr
+            continue
+        n, k = arr.shape  # torch Linear: [out, in]
+        if k % group_size or k % 32 or n % 32:
+            raise ValueError(f"{name}: {arr.shape} is not a multiple of 32 and of group_size {group_size}")
+        q = rng.integers(0, 16, size=(k, n), dtype=np.int64)
+        out[module + ".qweight"] = _pack_int4_rows(q)
+        # symmetric: the zero point is 8, stored minus one (GPTQ's v1 format) in every nibble
+        out[module + ".qzeros"] = np.full((k // group_size, n // 8), 0x77777777, dtype=np.uint32).view(np.int32)
+        out[module + ".scales"] = (rng.uniform(0.002, 0.006, size=(k // group_size, n))).astype(np.float16)
+        out[module + ".g_idx"] = (np.arange(k) // group_size).astype(np.int32)
+    save_file(out, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+    config = json.loads((out_dir / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "gptq", "bits": 4, "group_size": group_size,
+                                     "desc_act": False, "sym": True, "checkpoint_format": "gptq"}
+    (out_dir / "config.json").write_text(json.dumps(config, indent=2))
+    return out_dir
+
+
+def _load_numpy(path: Path) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    return load_file(str(path))

@@ -6,26 +6,23 @@
 #                      generated gRPC stubs into it)
 #
 # Result: a virtual environment in /opt/mxfs with mxfs and its runtime extras (the origins: hf,
-# s3, gcs, azure), /usr/local/bin/mxfs, fuse3 for the node daemon; the compilers that pyfuse3's
-# build needed are removed again.
+# s3, gcs, azure), /usr/local/bin/mxfs, fuse3 for the node daemon. No compiler: every dependency
+# comes as a wheel (--only-binary; only mxfs itself is built from SRC, in pure Python).
 set -eu
 SRC=${1:?usage: install.sh SRC}
 PREFIX=/opt/mxfs
 EXTRAS=hf,s3,gcs,azure
 RUNTIME_PACKAGES="ca-certificates fuse3 python3 python3-venv"
-BUILD_PACKAGES="gcc libc6-dev libfuse3-dev pkg-config python3-dev"
 export DEBIAN_FRONTEND=noninteractive
 
 apt-get -o Acquire::Retries=3 update -q
-# shellcheck disable=SC2086 # word splitting of the package lists is intended
-apt-get -o Acquire::Retries=3 install -y -q --no-install-recommends $RUNTIME_PACKAGES $BUILD_PACKAGES
+# shellcheck disable=SC2086 # word splitting of the package list is intended
+apt-get -o Acquire::Retries=3 install -y -q --no-install-recommends $RUNTIME_PACKAGES
 
 python3 -m venv "$PREFIX"
-"$PREFIX/bin/pip" install --disable-pip-version-check --no-input "$SRC[$EXTRAS]"
+"$PREFIX/bin/pip" install --disable-pip-version-check --no-input --only-binary=:all: "$SRC[$EXTRAS]"
 ln -sf "$PREFIX/bin/mxfs" /usr/local/bin/mxfs
 
-# shellcheck disable=SC2086
-apt-get purge -y -q --auto-remove $BUILD_PACKAGES
 apt-get clean
 rm -rf /var/lib/apt/lists/*
 

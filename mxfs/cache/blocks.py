@@ -91,6 +91,10 @@ class BlockCache:
         self._pins: Counter[BlockKey] = Counter()
         self._touched: dict[BlockKey, float] = {}
         self._writing: set[BlockKey] = set()
+        #: blocks whose bytes in their blob this process verified (written from verified bytes,
+        #: or read back and checked): a reader may hand them on from the blob unhashed
+        self._verified: set[BlockKey] = set()
+        self._blob_generation: Counter[str] = Counter()  # bumped when a blob file is unlinked
         self.used = 0  # bytes of cached blocks plus the room reserved by writes in progress
         self.evicted_blocks = 0
         #: ``fn(added, removed)`` after blocks enter or leave the cache (any thread, no lock held)
@@ -145,6 +149,42 @@ class BlockCache:
     def contains(self, key: BlockKey) -> bool:
         with self._lock:
             return key in self._lru
+
+    def mark_verified(self, key: BlockKey) -> None:
+        """Record that ``key``'s bytes in its blob were just checked against their hash."""
+        with self._lock:
+            if key in self._lru:
+                self._verified.add(key)
+
+    def is_verified(self, key: BlockKey) -> bool:
+        with self._lock:
+            return key in self._verified
+
+    def pin_verified(self, keys: list[BlockKey]) -> int | None:
+        """Pin ``keys`` if every one is cached and verified by this process; returns the
+        blob's generation (see ``open_blob``), None (nothing pinned) otherwise."""
+        with self._lock:
+            if not all(key in self._verified for key in keys):
+                return None
+            for key in keys:
+                self._pins[key] += 1
+                self._lru.move_to_end(key)
+                self._touched[key] = time.time()
+            return self._blob_generation[keys[0].sha256] if keys else 0
+
+    def unpin_all(self, keys: list[BlockKey]) -> None:
+        for key in keys:
+            self.unpin(key)
+
+    def open_blob(self, sha256: str) -> tuple[int, int] | None:
+        """A read-only fd of a blob and its generation (a reader keeping the fd reopens it
+        when ``pin_verified`` reports another generation: the file was unlinked meanwhile)."""
+        with self._lock:
+            generation = self._blob_generation[sha256]
+        try:
+            return os.open(self.blob_path(sha256), os.O_RDONLY | os.O_CLOEXEC), generation
+        except OSError:
+            return None
 
     def file_complete(self, entry: FileEntry, block_size: int) -> bool:
         """True when every block of ``entry`` is cached (its blob is then the whole file)."""
@@ -263,6 +303,7 @@ class BlockCache:
             if any(entry.key(i, block_size) in self._lru for i in range(entry.block_count(block_size))):
                 return
             self.blob_path(entry.sha256).unlink(missing_ok=True)
+            self._blob_generation[entry.sha256] += 1
 
     def reserve(self, length: int) -> bool:
         """Reserve room for ``length`` bytes about to be written in place (evicting LRU blocks
@@ -283,7 +324,8 @@ class BlockCache:
 
     def commit(self, key: BlockKey, length: int) -> bool:
         """Index a block whose verified bytes are already in its blob, in the room ``reserve``d
-        for it. False (the reservation given back) when the index refused it."""
+        for it (it counts as verified, see ``pin_verified``). False (the reservation given back)
+        when the index refused it."""
         try:
             with self._env.begin(db=self._db, write=True) as txn:
                 txn.put(_encode(key), _VALUE.pack(length, time.time()))
@@ -297,6 +339,7 @@ class BlockCache:
                 self._lru[key] = length
             else:
                 self.used -= length  # counted already: the reservation goes back
+            self._verified.add(key)
         self.faults.write_ok()
         if new:
             self._notify([key], [])
@@ -400,6 +443,7 @@ class BlockCache:
         for key, size in victims:
             del self._lru[key]
             self._touched.pop(key, None)
+            self._verified.discard(key)
             self.used -= size
         self.used += length
         return victims
@@ -412,6 +456,7 @@ class BlockCache:
             for key in keys:
                 size = self._lru.pop(key, None)
                 self._touched.pop(key, None)
+                self._verified.discard(key)
                 if size is not None:
                     self.used -= size
                     removed.append((key, size))

@@ -132,6 +132,12 @@ class FetchChain:
             del self._flights[key]
             flight.done.set()
 
+    async def settle(self, keys: Sequence[BlockKey]) -> None:
+        """Wait until no fetch of any of ``keys`` is in flight (e.g. hydration writing them)."""
+        for key in keys:
+            while (flight := self._flights.get(key)) is not None:
+                await flight.done.wait()
+
     def claim(self, key: BlockKey) -> _Flight | None:
         """Take the single flight of ``key`` for an in-place write (None: someone else has it).
 
@@ -255,10 +261,12 @@ class FetchChain:
         scope.cancel()
 
     def _from_cache(self, key: BlockKey, length: int, algorithm: str, expected: bytes) -> bytes | None:
+        trusted = self.cache.is_verified(key)  # checked since it was written, by this process
         data = self.cache.read(key, length)
         if data is None:
             return None
-        if block_ok(algorithm, data, expected):
+        if trusted or block_ok(algorithm, data, expected):
+            self.cache.mark_verified(key)
             return data
         self.stats.bad_hash("local")
         log.warning("cached block %s is corrupt; dropping it and refetching", key)

@@ -106,15 +106,17 @@ class BlockHashes:
             known = self._known.setdefault(fid, loaded)
         return known
 
-    def _ask(self, manifest: Manifest, entry: FileEntry, index: int) -> dict[int, bytes]:
-        """One GetBlockHashes call: block ``index`` plus the known rest of its window (blocking)."""
+    def _ask(self, manifest: Manifest, entry: FileEntry, index: int, count: int = 1) -> dict[int, bytes]:
+        """One GetBlockHashes call: blocks ``[index, index+count)`` (the server reads those it
+        does not know from the origin, in parallel) plus the known rest of the window (blocking)."""
         n = entry.block_count(manifest.block_size)
-        lookahead = max(0, min(self.window - 1, n - index - 1))
-        hashes = self.client.block_hashes(manifest.name, manifest.revision, entry.path, index, 1, lookahead)
+        count = max(1, min(count, n - index))
+        lookahead = max(0, min(self.window - count, n - index - count))
+        hashes = self.client.block_hashes(manifest.name, manifest.revision, entry.path, index, count, lookahead)
         # only what was asked for: a server cannot make us remember hashes past the window or the file
-        found = {index + i: h for i, h in enumerate(hashes[: lookahead + 1]) if len(h) == 32}
-        if index not in found:
-            raise BlockUnavailable(f"server sent no hash for block {index} of {manifest.name}/{entry.path}")
+        found = {index + i: h for i, h in enumerate(hashes[: count + lookahead]) if len(h) == 32}
+        if any(index + i not in found for i in range(count)):
+            raise BlockUnavailable(f"server sent no hash for blocks {index}+{count} of {manifest.name}/{entry.path}")
         return found
 
     async def get(self, manifest: Manifest, entry: FileEntry, index: int) -> bytes:
@@ -126,18 +128,46 @@ class BlockHashes:
             if flight is not None:
                 await flight.wait()
                 continue
-            flight = self._flights[(fid, index)] = trio.Event()
-            try:
-                self.asked += 1
-                found = await in_thread(self._ask, manifest, entry, index, limiter=self.limiter, abandon=True)
-                new = {i: h for i, h in found.items() if i not in known}
-                known.update(new)
-                if new:
-                    await in_thread(self._append, fid, new)
-            finally:
-                del self._flights[(fid, index)]
-                flight.set()
+            await self._fetch(fid, known, manifest, entry, index, 1)
         return digest
+
+    async def prefetch(self, manifest: Manifest, entry: FileEntry, index: int, count: int) -> None:
+        """Ask for the unknown hashes of ``[index, index+count)`` in one call (a hydration
+        about to need them: the server reads those blocks from the origin side by side);
+        concurrent ``get``s of them wait for it. Failures are left to those ``get``s."""
+        fid = (entry.sha256, manifest.block_size, manifest.block_hash)
+        known = await self._memo(fid)
+        end = min(entry.block_count(manifest.block_size), index + count)
+        while index < end and (index in known or (fid, index) in self._flights):
+            index += 1
+        run = 0
+        while index + run < end and index + run not in known and (fid, index + run) not in self._flights:
+            run += 1
+        if run:
+            try:
+                await self._fetch(fid, known, manifest, entry, index, run)
+            except BlockUnavailable as exc:
+                log.debug("hash prefetch of %s blocks %d+%d: %s", entry.path, index, run, exc)
+
+    async def _fetch(self, fid: FileId, known: dict[int, bytes], manifest: Manifest, entry: FileEntry,
+                     index: int, count: int) -> None:
+        """One ``_ask`` for ``count`` blocks from ``index``, each under its own flight."""
+        flight = trio.Event()
+        indices = range(index, index + count)
+        for i in indices:
+            self._flights[(fid, i)] = flight
+        try:
+            self.asked += 1
+            found = await in_thread(self._ask, manifest, entry, index, count, limiter=self.limiter, abandon=True)
+            new = {i: h for i, h in found.items() if i not in known}
+            known.update(new)
+            if new:
+                await in_thread(self._append, fid, new)
+        finally:
+            for i in indices:
+                if self._flights.get((fid, i)) is flight:
+                    del self._flights[(fid, i)]
+            flight.set()
 
     def view(self, manifest: Manifest, entry: FileEntry) -> FileEntry:
         """``entry`` with the hashes known so far as its ``block_hashes`` (for tiers that verify)."""

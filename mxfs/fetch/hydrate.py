@@ -43,6 +43,7 @@ from mxfs.manifest.model import FileEntry, Manifest
 log = logging.getLogger(__name__)
 
 DEFAULT_CONCURRENCY = 8
+HASH_WINDOW = 8  # blocks of a lazy file whose hashes one GetBlockHashes asks for ahead of hydration
 
 
 class CacheFull(MxfsError):
@@ -76,6 +77,15 @@ class Progress:
         return (self.total_bytes - self.done_bytes) / rate if rate > 0 else math.inf
 
 
+@dataclass
+class _Job:
+    """The mapping of a blob being hydrated, and how many block writes use it right now."""
+
+    mapping: mmap.mmap
+    users: int = 0
+    idle: trio.Event = field(default_factory=trio.Event)
+
+
 class Hydrator:
     """Fills the cache blobs of whole files through ``chain`` (see the module docstring)."""
 
@@ -86,6 +96,7 @@ class Hydrator:
         self.concurrency = max(1, concurrency)
         self.limiter = limiter  # shared with readahead so foreground reads keep priority
         self.in_place_blocks = 0  # blocks received into their blob (for tests and metrics)
+        self._jobs: dict[str, _Job] = {}  # content id -> the in-place hydration of that file
 
     async def hydrate(self, manifest: Manifest, progress: Progress | None = None,
                       on_file: Callable[[FileEntry], None] | None = None) -> list[str]:
@@ -152,31 +163,86 @@ class Hydrator:
 
     async def _in_place(self, manifest: Manifest, entry: FileEntry, missing: list[int], fd: int,
                         progress: Progress) -> None:
-        mapping = mmap.mmap(fd, entry.size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        job = _Job(mmap.mmap(fd, entry.size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE))
+        self._jobs[entry.sha256] = job
         try:
             async def one(index: int) -> None:
-                offset, length = entry.block_span(index, manifest.block_size)
-                with memoryview(mapping)[offset:offset + length] as view:
-                    await self._block_in_place(manifest, entry, index, view)
-                progress.advance(length)
+                await self._one_in_place(job, manifest, entry, index)
+                progress.advance(entry.block_span(index, manifest.block_size)[1])
 
-            await self._each(missing, one)
+            await self._with_hash_windows(manifest, entry, missing, one)
         finally:
-            mapping.close()
+            del self._jobs[entry.sha256]
+            with trio.CancelScope(shield=True):
+                while job.users:  # an expedited block still writes into the mapping
+                    await job.idle.wait()
+            job.mapping.close()
 
-    async def _each(self, indices: list[int], fn: Callable) -> None:
-        """``fn(i)`` for every index, ``concurrency`` at a time; the first error cancels the rest."""
-        queue = iter(indices)
+    async def _one_in_place(self, job: _Job, manifest: Manifest, entry: FileEntry, index: int) -> None:
+        offset, length = entry.block_span(index, manifest.block_size)
+        job.users += 1
+        try:
+            with memoryview(job.mapping)[offset:offset + length] as view:
+                await self._block_in_place(manifest, entry, index, view)
+        finally:
+            job.users -= 1
+            if not job.users:
+                job.idle.set()
+                job.idle = trio.Event()
+
+    async def expedite(self, manifest: Manifest, entry: FileEntry, index: int) -> bool:
+        """Put block ``index`` of a file being hydrated in place now, ahead of the job's order
+        (a reader waits for it). False when no hydration of that file is running."""
+        job = self._jobs.get(entry.sha256)
+        if job is None:
+            return False
+        await self._one_in_place(job, manifest, entry, index)
+        return True
+
+    async def _with_hash_windows(self, manifest: Manifest, entry: FileEntry, missing: list[int],
+                                 fn: Callable) -> None:
+        """``_each(missing, fn)``; for a lazy file the expected hashes are asked ahead in
+        windows of ``HASH_WINDOW`` blocks, at most two windows ahead of the workers, so the
+        server reads a window's blocks from the origin side by side instead of one per ask."""
+        hashes = self.chain.hashes
+        if hashes is None or not entry.lazy:
+            await self._each(missing, fn)
+            return
+        windows = [missing[k:k + HASH_WINDOW] for k in range(0, len(missing), HASH_WINDOW)]
+        reached = [trio.Event() for _ in windows]
+
+        async def pump() -> None:
+            async with trio.open_nursery() as asks:
+                for k, window in enumerate(windows):
+                    if k >= 2:
+                        await reached[k - 1].wait()
+                    asks.start_soon(hashes.prefetch, manifest, entry, window[0], window[-1] - window[0] + 1)
+
+        async def started(position: int, index: int) -> None:
+            if position % HASH_WINDOW == 0:
+                reached[position // HASH_WINDOW].set()
+            await fn(index)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pump)
+            await self._each(missing, started, positions=True)
+            nursery.cancel_scope.cancel()
+
+    async def _each(self, indices: list[int], fn: Callable, positions: bool = False) -> None:
+        """``fn(i)`` (``fn(position, i)`` with ``positions``) for every index, in order,
+        ``concurrency`` at a time; the first error cancels the rest."""
+        queue = iter(enumerate(indices))
         errors: list[MxfsError] = []
 
         async def worker(scope: trio.CancelScope) -> None:
             try:
-                for index in queue:
+                for position, index in queue:
+                    args = (position, index) if positions else (index,)
                     if self.limiter is not None:
                         async with self.limiter:
-                            await fn(index)
+                            await fn(*args)
                     else:
-                        await fn(index)
+                        await fn(*args)
             except MxfsError as exc:
                 errors.append(exc)
                 scope.cancel()

@@ -5,11 +5,18 @@ sequential (up to ``max_blocks``) and resets on a seek. It runs in the backgroun
 its own limiter so foreground reads keep priority. A reader that stays sequential until
 the window is full hands the rest of its file to the hydrator (with ``hydrator``): the
 file is then filled in place and ends complete, so its next open can be passthrough.
+
+A read whose blocks all lie verified in the cache blob (hydration wrote them, or a read
+checked them, in this process) is answered as a ``BlobSpan``: the caller hands the range
+on from the blob (the FUSE session splices it) and no byte passes through Python; the
+blocks stay pinned until the caller calls ``release``. Other reads return bytes.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
@@ -18,6 +25,7 @@ from mxfs.errors import MxfsError
 from mxfs.fetch.chain import FetchChain
 from mxfs.fetch.hydrate import Hydrator
 from mxfs.fetch.supervise import guarded
+from mxfs.fetch.threads import in_thread
 from mxfs.manifest.model import BlockKey, FileEntry, Manifest
 
 log = logging.getLogger(__name__)
@@ -32,6 +40,21 @@ class OpenFile:
     next_offset: int = -1
     window: int = 0
     scheduled: set[int] = field(default_factory=set)
+    touched: int = 0  # blocks entered by reads through this handle, in any order
+    last_block: int = -1
+    blob_fd: int | None = None  # read-only fd of the file's cache blob, opened at the first span
+    blob_generation: int = -1
+    retired_fds: list[int] = field(default_factory=list)
+
+
+@dataclass
+class BlobSpan:
+    """``length`` bytes at ``offset`` of the blob ``fd``, verified; ``release`` unpins them."""
+
+    fd: int
+    offset: int
+    length: int
+    release: Callable[[], None]
 
 
 class BlockReader:
@@ -49,15 +72,24 @@ class BlockReader:
         """Background readahead runs in ``nursery`` (owned by the daemon)."""
         self._nursery = nursery
 
-    async def read(self, handle: OpenFile, offset: int, size: int) -> bytes | memoryview:
+    async def read(self, handle: OpenFile, offset: int, size: int) -> bytes | memoryview | BlobSpan:
         m, entry = handle.manifest, handle.entry
         bs = m.block_size
         blocks = entry.blocks_for(offset, size, bs)
         if not blocks:
             return b""
         end = min(entry.size, offset + size)
+        handle.touched += len(blocks) - (blocks[0] == handle.last_block)
+        handle.last_block = blocks[-1]
         self._readahead(handle, offset, blocks[-1])
         handle.next_offset = end
+        keys = [entry.key(i, bs) for i in blocks]
+        span = await self._span(handle, keys, offset, end)
+        if span is None and entry.sha256 in self._hydrating:  # have hydration put them in place first
+            await self._expedite(m, entry, blocks)
+            span = await self._span(handle, keys, offset, end)
+        if span is not None:
+            return span
         if len(blocks) == 1:
             data = await self.chain.block(m, entry, blocks[0])
             start = offset - blocks[0] * bs
@@ -80,6 +112,50 @@ class BlockReader:
             pos += hi - lo
         return out
 
+    async def _expedite(self, m: Manifest, entry: FileEntry, blocks: list[int]) -> None:
+        """Blocks of a file being hydrated: written in place now (or waited for, when already
+        on their way); a failure is left to the ordinary read that follows."""
+        assert self.hydrator is not None
+
+        async def one(index: int) -> None:
+            try:
+                if not await self.hydrator.expedite(m, entry, index):
+                    await self.chain.settle([entry.key(index, m.block_size)])
+            except MxfsError as exc:
+                log.debug("expedited block %d of %s: %s", index, entry.path, exc)
+
+        async with trio.open_nursery() as nursery:
+            for index in blocks:
+                if not self.chain.cache.is_verified(entry.key(index, m.block_size)):
+                    nursery.start_soon(one, index)
+
+    async def _span(self, handle: OpenFile, keys: list[BlockKey], offset: int, end: int) -> BlobSpan | None:
+        cache = self.chain.cache
+        generation = cache.pin_verified(keys)
+        if generation is None:
+            return None
+        if handle.blob_fd is None or handle.blob_generation != generation:
+            opened = await in_thread(cache.open_blob, handle.entry.sha256)
+            if opened is None or opened[1] != generation:
+                cache.unpin_all(keys)
+                if opened is not None:
+                    os.close(opened[0])
+                return None
+            if handle.blob_fd is not None and handle.blob_generation == generation:
+                os.close(opened[0])  # a concurrent read opened it first
+            else:
+                if handle.blob_fd is not None:  # spans in flight may still read the old one
+                    handle.retired_fds.append(handle.blob_fd)
+                handle.blob_fd, handle.blob_generation = opened
+        return BlobSpan(handle.blob_fd, offset, end - offset, lambda: cache.unpin_all(keys))
+
+    def close(self, handle: OpenFile) -> None:
+        """Close ``handle``'s blob fds (at release: no span of them is in use any more)."""
+        for fd in [*handle.retired_fds, *([handle.blob_fd] if handle.blob_fd is not None else [])]:
+            os.close(fd)
+        handle.retired_fds.clear()
+        handle.blob_fd = None
+
     def _readahead(self, handle: OpenFile, offset: int, last_block: int) -> None:
         if self._nursery is None or self.max_blocks == 0:
             return
@@ -87,14 +163,21 @@ class BlockReader:
         near = handle.next_offset - bs <= offset <= handle.next_offset + 2 * bs
         if not near and offset != 0:  # a seek: restart the window
             handle.window = 0
-            return
-        handle.window = min(self.max_blocks, max(1, handle.window * 2))
+        else:
+            handle.window = min(self.max_blocks, max(1, handle.window * 2))
         m, entry = handle.manifest, handle.entry
-        if (self.hydrator is not None and handle.window == self.max_blocks and entry.sha256 not in self._hydrating
+        # hand the file to hydration once a reader went sequential for a full window, or read
+        # many blocks in any order (a loader walking tensors by name through mmap)
+        wants_file = handle.window == self.max_blocks or handle.touched >= 4 * self.max_blocks
+        if (self.hydrator is not None and wants_file and entry.sha256 not in self._hydrating
                 and entry.block_count(m.block_size) > 2 * self.max_blocks
                 and entry.size <= self.chain.cache.limit // 2):
             self._hydrating.add(entry.sha256)
             self._nursery.start_soon(guarded, self.chain.stats, "hydrate", self._hydrate, m, entry)
+        if handle.window == 0:
+            return
+        if entry.sha256 in self._hydrating:  # hydration fetches ahead, in order: no readahead beside it
+            return
         count = entry.block_count(m.block_size)
         for i in range(last_block + 1, min(count, last_block + 1 + handle.window)):
             key = entry.key(i, m.block_size)

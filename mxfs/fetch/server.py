@@ -1,5 +1,6 @@
 """Tier: block ranges from the mxfs server, over its HTTP data plane when it has one
-(zero-copy on the server side), else over gRPC ``ReadRange``."""
+(zero-copy on the server side; HTTPS when the gRPC address is TLS, with the cluster token
+when there is one), else over gRPC ``ReadRange``."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ import trio
 from mxfs.errors import BlockUnavailable
 from mxfs.fetch.threads import in_thread
 from mxfs.manifest.model import FileEntry, Manifest
-from mxfs.rpc.channel import normalize_address
+from mxfs.rpc.channel import default_security, parse_address
 from mxfs.rpc.client import MxfsClient
-from mxfs.rpc.http_range import HttpRangeClient
+from mxfs.rpc.http_range import HttpRangeClient, tls_client_context
 
 log = logging.getLogger(__name__)
 
@@ -34,14 +35,23 @@ class ServerTier:
     def _data_plane(self) -> HttpRangeClient | None:
         with self._lock:
             if not self._probed:
-                address = normalize_address(self.client.address)
+                address, tls = parse_address(self.client.address)
                 port = self.client.data_port()  # raises BlockUnavailable while the server is away
                 self._probed = True
                 if port and not address.startswith("unix:"):
-                    host = address.rsplit(":", 1)[0].strip("[]")
-                    self._http = HttpRangeClient(host, port, self.timeout_s)
-                    log.info("server data plane at %s:%d", host, port)
+                    try:
+                        self._http = self._http_client(address.rsplit(":", 1)[0].strip("[]"), port, tls)
+                        log.info("server data plane at %s", self._http.url)
+                    except ValueError as exc:
+                        log.warning("server data plane unusable (%s); blocks go over gRPC", exc)
             return self._http
+
+    def _http_client(self, host: str, port: int, tls: bool) -> HttpRangeClient:
+        """The data plane speaks TLS exactly when the server's gRPC port does (same certificate),
+        and gets the same token and CA as the gRPC channel."""
+        sec = self.client.security or default_security()
+        context = tls_client_context(sec.ca_file) if tls else None
+        return HttpRangeClient(host, port, self.timeout_s, tls=context, server_name=sec.server_name, token=sec.token)
 
     def _read(self, manifest: Manifest, path: str, offset: int, length: int) -> bytearray:
         http = self._data_plane()

@@ -7,6 +7,7 @@ transport (``mxfs/fuse/kernel/session.py``) never decides policy.
 from __future__ import annotations
 
 import stat as stat_mod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -80,6 +81,7 @@ class FileRange:
     offset: int
     length: int
     drop_cache: bool = False  # the FUSE inode keeps these pages: drop the file's copy after
+    done: Callable[[], None] | None = None  # called once the range was handed on (or failed)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from mxfs.cache.blocks import BlockCache
-from mxfs.fetch.reader import BlockReader, OpenFile
+from mxfs.fetch.reader import BlobSpan, BlockReader, OpenFile
 from mxfs.fetch.resolver import ManifestResolver
 from mxfs.fetch.threads import in_thread
 from mxfs.fuse.errnos import translated
@@ -189,14 +189,19 @@ class MxfsOperations:
         mode = handle.mode
         if mode is not None and mode.blob_fd is not None and mode.mode in (BLOB, PASSTHROUGH):
             length = max(0, min(size, handle.node.size - off))
-            self.stats.read(handle.label, mode.mode, length)
+            self.stats.read(handle.label, mode.mode, length, from_blob=True)
             return FileRange(mode.blob_fd, off, length, drop_cache=True)
         data = await self.reader.read(handle.reader, off, size)
+        if isinstance(data, BlobSpan):  # verified in the blob: handed on without a copy
+            self.stats.read(handle.label, CACHED, data.length, from_blob=True)
+            return FileRange(data.fd, data.offset, data.length, drop_cache=True, done=data.release)
         self.stats.read(handle.label, CACHED, len(data))
         return data
 
     async def release(self, fh: int) -> None:
         handle = self._handles.pop(fh, None)
+        if handle is not None and handle.reader is not None:
+            self.reader.close(handle.reader)
         if handle is not None and handle.mode is not None:
             self.modes.release(handle.node.inode)
 

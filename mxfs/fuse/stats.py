@@ -23,6 +23,9 @@ class FuseStats:
                              ["file", "mode"], registry=r)
         self.read_bytes = Counter("mxfs_node_fuse_read_bytes", "bytes answered to READ requests",
                                   ["mode"], registry=r)
+        self.from_blob_bytes = Counter("mxfs_node_fuse_blob_read_bytes",
+                                       "bytes answered from a cache blob without passing through Python "
+                                       "(spliced), any mode", registry=r)
         self.opens = Counter("mxfs_node_fuse_opens", "file opens by the mode chosen", ["mode"], registry=r)
         self.verified = Counter("mxfs_node_fuse_verified_files",
                                 "cache blobs fully checked before the kernel may read them", registry=r)
@@ -30,6 +33,8 @@ class FuseStats:
                               "complete cache blobs opened on their seal (unchanged since recorded), unread",
                               registry=r)
 
-    def read(self, file: str, mode: str, nbytes: int) -> None:
+    def read(self, file: str, mode: str, nbytes: int, from_blob: bool = False) -> None:
         self.reads.labels(file, mode).inc()
         self.read_bytes.labels(mode).inc(nbytes)
+        if from_blob:
+            self.from_blob_bytes.inc(nbytes)

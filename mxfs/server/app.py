@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import ssl
 import threading
 from collections.abc import Callable
 from concurrent import futures
@@ -84,14 +85,18 @@ class Server:
         self.port = 0
         self.metrics_port = 0
 
-    def _data_plane_reason_off(self) -> str:
-        if not self.config.data_port:
-            return "off"
-        if self.config.tls_cert_file:
-            return "off: TLS is on and the data plane is plain HTTP (ranges go over gRPC)"
-        if self.config.auth_token and self.config.auth_reads:
-            return "off: reads need the token and the data plane has none (ranges go over gRPC)"
-        return ""
+    def _data_plane_tls(self) -> ssl.SSLContext | None:
+        """The HTTPS context of the data plane: the gRPC port's certificate and key, or None."""
+        if not self.config.tls_cert_file:
+            return None
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        try:
+            ctx.load_cert_chain(self.config.tls_cert_file, self.config.tls_key_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(f"cannot load the TLS certificate {self.config.tls_cert_file} "
+                             f"and key {self.config.tls_key_file}: {exc}") from exc
+        return ctx
 
     def _listen(self) -> int:
         bind = f"{self.config.host}:{self.config.port}"
@@ -102,15 +107,15 @@ class Server:
         return self.grpc_server.add_secure_port(bind, grpc.ssl_server_credentials([(key, cert)]))
 
     def start(self) -> None:
-        data_off = self._data_plane_reason_off()
-        if data_off and self.config.data_port:
-            log.warning("HTTP data plane %s", data_off)
-        if not data_off:
+        data_scheme = "off"
+        if self.config.data_port:
+            token = self.config.auth_token if self.config.auth_reads else ""
             data = RangeServer(self.config.host, self.config.data_port, self.catalog, self.metrics,
-                               self.config.chunk_size)
+                               self.config.chunk_size, tls=self._data_plane_tls(), token=token)
             data.start()
             self.servicer.data_port = data.server_address[1]
             self.ctx.on_stop.append(data.stop)
+            data_scheme = f"{data.scheme}{' + token' if token else ''}"
         self.port = self._listen()
         if self.port == 0:
             raise OSError(f"cannot listen on {self.config.host}:{self.config.port}")
@@ -124,9 +129,9 @@ class Server:
             self.ctx.on_stop.append(httpd.shutdown)
         for name in ("", *self.ctx.services):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("mxfs server listening on %s:%d (%s, data %s, metrics %s), origins: %s", self.config.host,
+        log.info("mxfs server listening on %s:%d (%s, data %s %s, metrics %s), origins: %s", self.config.host,
                  self.port, "TLS" if self.config.tls_cert_file else "plaintext",
-                 self.servicer.data_port or "off", self.metrics_port or "off",
+                 self.servicer.data_port or "off", data_scheme, self.metrics_port or "off",
                  [o.label for o in self.catalog.origins] or "none")
 
     def stop(self, grace: float = 5.0) -> None:

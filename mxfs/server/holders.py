@@ -41,6 +41,8 @@ if TYPE_CHECKING:
     from mxfs.server.app import ServerContext
 
 log = logging.getLogger(__name__)
+#: full gRPC name of the registry service (reported by grpc.health.v1 when it is on)
+SERVICE_NAME = peer_pb2.DESCRIPTOR.services_by_name["BlockHolders"].full_name
 
 FILE_TTL_S = 24 * 3600.0
 LIVE_CACHE_S = 0.5
@@ -254,4 +256,5 @@ def register(ctx: ServerContext) -> None:
     peer_pb2_grpc.add_BlockHoldersServicer_to_server(
         BlockHoldersServicer(registry, ctx.metrics, ctx.config.peer_token), ctx.grpc_server
     )
+    ctx.services.append(SERVICE_NAME)
     log.info("block-holder registry on (%s, node TTL %gs)", type(store).__name__, registry.ttl_s)

@@ -1,27 +1,23 @@
-"""The ``mx`` loader's P2P side: pull from a READY source, and serve as a source after the load.
+"""The ``mx`` loader's P2P side: pull a source's final tensors, and serve as a source after the load.
 
 Kept off the load's critical path: a worker asks the registry for READY sources (one small
 RPC) before it starts a NIXL agent; with none, nothing NIXL happens until the model is
 loaded. Serving (agent start, registration, per-tensor checksums, publishing, heartbeats)
-runs in a background thread once vLLM's post-processing is done. The only work left on the
-critical path is a BLAKE3 fingerprint of the loaded tensors (many GB/s, threads outside
-the GIL), compared after post-processing: a tensor changed in place is never served.
+runs in a background thread once vLLM's post-processing is done. What moves is the model's
+state after post-processing (:mod:`mxfs.vllm.final_state`).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping
 
 import torch
-from torch import nn
 
 from mxfs import envs
 from mxfs.errors import MxfsError
 from mxfs.vllm.strategies import LoadContext, Loaded, StrategyMiss
 from mxfs.weight_sources.agent import nixl_available
-from mxfs.weight_sources.checksum import checksum
 from mxfs.weight_sources.client import SourceClient
 from mxfs.weight_sources.errors import NoSource, P2PError
 from mxfs.weight_sources.model import SourceIdentity
@@ -29,13 +25,6 @@ from mxfs.weight_sources.peer import Peer
 
 log = logging.getLogger(__name__)
 _LIVE: list[Peer] = []  # sources stay alive (and heartbeat) for the life of the process
-
-
-def model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Parameters and buffers by name, as plain tensors over the same storage."""
-    out = {name: p.data for name, p in model.named_parameters()}
-    out.update({name: b.data for name, b in model.named_buffers()})
-    return out
 
 
 def p2p_enabled(ctx: LoadContext) -> bool:
@@ -46,8 +35,8 @@ def backends() -> tuple[str, ...]:
     return tuple(b.strip() for b in (envs.MX_NIXL_BACKENDS.get() or "UCX").split(",") if b.strip())
 
 
-class P2PStrategy:
-    """READ every parameter and buffer from a READY source with our exact identity, verified."""
+class P2PPull:
+    """READ a READY source's final tensors (same identity) into ours, every tensor verified."""
 
     name = "p2p"
 
@@ -55,10 +44,8 @@ class P2PStrategy:
         self.peer: Peer | None = None  # the agent that pulled (it then serves the same tensors)
         self.checksums: dict[str, bytes] = {}
 
-    def is_available(self, ctx: LoadContext) -> bool:
-        return p2p_enabled(ctx)
-
-    def load(self, model: nn.Module, ctx: LoadContext) -> Loaded:
+    def find(self, ctx: LoadContext) -> SourceClient:
+        """A registry client when a READY source of our identity exists (one RPC), else StrategyMiss."""
         assert ctx.identity is not None and ctx.server
         client = SourceClient(ctx.server)
         try:
@@ -69,11 +56,14 @@ class P2PStrategy:
         if not ready:
             client.close()
             raise StrategyMiss("no READY source for this identity")
-        tensors = model_tensors(model)
+        return client
+
+    def pull(self, client: SourceClient, ctx: LoadContext, tensors: dict[str, torch.Tensor]) -> Loaded:
+        """Register ``tensors`` and fill them from a source; on failure they hold partial data."""
+        assert ctx.identity is not None
         if any(t.is_meta for t in tensors.values()):
             client.close()
             raise StrategyMiss("the model has meta tensors")
-        buffers = {n: b.data.clone() for n, b in model.named_buffers()}  # files never rewrite these
         try:
             peer = Peer(client, ctx.identity, backends())
         except P2PError as exc:
@@ -84,27 +74,16 @@ class P2PStrategy:
             stats = peer.pull_any(int(envs.MX_P2P_MAX_TRIES.get() or 3), float(envs.MX_P2P_TIMEOUT_S.get() or 120))
         except (P2PError, MxfsError) as exc:
             peer.close()
-            for name, saved in buffers.items():
-                tensors[name].copy_(saved)
             if isinstance(exc, NoSource):
                 raise StrategyMiss(str(exc)) from exc
             raise
         self.peer, self.checksums = peer, stats.checksums
         return Loaded(stats.nbytes, f"{stats.tensors} tensors over NIXL from source {stats.source_id}")
 
-
-def fingerprint(t: torch.Tensor) -> bytes:
-    """A digest of a tensor's bytes: BLAKE3 (threaded) on the CPU, the device checksum elsewhere."""
-    if t.device.type != "cpu":
-        return checksum(t)
-    import blake3
-
-    raw = t.detach().contiguous().reshape(-1).view(torch.uint8).numpy()
-    return blake3.blake3(memoryview(raw), max_threads=blake3.blake3.AUTO).digest()
-
-
-def fingerprints(tensors: Mapping[str, torch.Tensor]) -> dict[str, bytes]:
-    return {name: fingerprint(t) for name, t in tensors.items()}
+    def close(self) -> None:
+        if self.peer is not None:
+            self.peer.close()
+            self.peer = None
 
 
 class SourceServer:

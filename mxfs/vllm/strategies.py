@@ -6,7 +6,8 @@ miss (no READY source, no such file) is :class:`StrategyMiss`; any other failure
 the next strategy overwrites every weight again, so a failed strategy never leaves a
 half-loaded model behind. The chain records which strategy won and logs its GB/s.
 
-Order (the ModelExpress docs' promise): ``p2p`` (NIXL pull from a READY source), ``files``
+Order (the ModelExpress docs' promise): ``p2p`` (NIXL pull from a READY source: run by the
+loader itself around post-processing, :mod:`mxfs.vllm.p2p`, before this chain), ``files``
 (the node's mxfs mount, or a local directory such as the server's shared cache), ``download``
 (``MODEL_EXPRESS_NO_SHARED_STORAGE=1``: the server streams the files into the local HF
 cache, resumable and verified), ``model-streamer`` (``MX_MODEL_URI``: runai-model-streamer
@@ -97,8 +98,10 @@ class LoadChain:
     def __init__(self, strategies: list[Strategy]) -> None:
         self.strategies = strategies
 
-    def run(self, model: nn.Module, ctx: LoadContext) -> ChainResult:
-        skipped: list[tuple[str, str]] = []
+    def run(self, model: nn.Module, ctx: LoadContext,
+            skipped_before: list[tuple[str, str]] | None = None) -> ChainResult:
+        """Load ``model``; ``skipped_before`` names steps already tried (for the log)."""
+        skipped: list[tuple[str, str]] = list(skipped_before or [])
         for strategy in self.strategies:
             if not strategy.is_available(ctx):
                 skipped.append((strategy.name, "not available"))

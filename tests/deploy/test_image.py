@@ -46,3 +46,18 @@ def test_containerfile_and_check_share_the_install_script_and_release():
     assert re.search(r"^FROM \S*debian:bookworm\S*$", text, re.M)  # the release the check bootstraps
     assert "FROM .*debian:" in check  # ...which it reads from the Containerfile
     assert "bash .ci/image-check" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_no_compiler_is_installed_anywhere():
+    """Every Python dependency comes as a wheel, so neither the image nor CI installs a compiler
+    or -dev headers (pyfuse3, the one that needed them, is gone); the image enforces it with
+    --only-binary and the chroot check asserts no compiler is there after the install."""
+    build_only = {"gcc", "g++", "cc", "clang", "build-essential", "libc6-dev", "pkg-config", "libfuse3-dev",
+                  "python3-dev"}
+    install = (ROOT / "deploy" / "image" / "install.sh").read_text()
+    runtime = re.search(r'^RUNTIME_PACKAGES="([^"]*)"', install, re.M)
+    assert runtime and not build_only & set(runtime.group(1).split())
+    assert "BUILD_PACKAGES" not in install and "--only-binary=:all:" in install
+    setup = re.search(r"^APT_PACKAGES=\(([^)]*)\)", (ROOT / ".ci" / "setup").read_text(), re.M)
+    assert setup and not build_only & set(setup.group(1).split())
+    assert "command -v cc" in CHECK.read_text()

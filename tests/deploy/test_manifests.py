@@ -340,3 +340,29 @@ def test_token_and_tls_are_wired_when_turned_on(values_name: str | None) -> None
         assert flag(daemon["args"], "tls-ca-file") == "/etc/mxfs/tls/ca.crt"
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             assert "tcpSocket" in main[probe] and "grpc" not in main[probe]  # kubelet gRPC probes lack TLS
+
+
+REAPER_ENV = {"heartbeatTimeoutSecs": "MX_HEARTBEAT_TIMEOUT_SECS", "gcTimeoutSecs": "MX_GC_TIMEOUT_SECS",
+              "scanIntervalSecs": "MX_REAPER_SCAN_INTERVAL_SECS"}
+
+
+def _server_env(values: dict[str, Any] | None) -> dict[str, str]:
+    docs = render.documents(values)
+    server = next(d for d in by_kind(docs, "Deployment") if d["metadata"]["name"] == "mxfs-server")
+    return {e["name"]: e.get("value") for e in container(server["spec"]["template"]["spec"], "server")["env"]}
+
+
+def test_source_reaper_defaults_are_upstreams_and_values_reach_the_server(monkeypatch) -> None:
+    """The P2P source reaper's timings come from ``server.sourceReaper``; the defaults are the
+    ones the server itself (and upstream ModelExpress) uses, and what the chart renders parses."""
+    from mxfs import envs
+
+    env = _server_env(None)
+    for name in REAPER_ENV.values():
+        assert env[name] == getattr(envs, name).default, name
+    env = _server_env({"server": {"sourceReaper": {"heartbeatTimeoutSecs": 45, "gcTimeoutSecs": 7200,
+                                                   "scanIntervalSecs": 2.5}}})
+    assert [env[n] for n in REAPER_ENV.values()] == ["45", "7200", "2.5"]
+    for name in REAPER_ENV.values():
+        monkeypatch.setenv(name, env[name])
+    assert [envs.seconds(getattr(envs, n)) for n in REAPER_ENV.values()] == [45.0, 7200.0, 2.5]

@@ -321,3 +321,44 @@ def test_hydrated_model_opens_from_its_blobs(node, origin_hashes, mount_mode):
         assert daemon_reads(node.metrics_port, shard, "cached") == 0
         if mount_mode == "passthrough":
             assert daemon_reads(node.metrics_port, shard) == before == 0
+
+
+def test_verified_blocks_of_an_incomplete_file_are_spliced_from_the_blob(start_server, start_mount, origin_hashes,
+                                                                         mount_mode):
+    """Blocks this daemon verified (here: a first read of half the file, no readahead so the
+    file stays incomplete) are answered from the blob, not copied through Python; the rest
+    through the chain, in the same cached-mode open."""
+    port = free_port()
+    daemon = start_mount(start_server(), extra=["--metrics-port", str(port), "--readahead-blocks", "0"])
+    shard = shards(daemon)[1]
+    size = shard.stat().st_size
+    half = size // 2 // BLOCK_SIZE * BLOCK_SIZE
+    with open(shard, "rb") as fh:
+        assert len(fh.read(half)) == half
+    os.listxattr(shard)  # waits for the daemon's pending cache writes
+    wait_released(shard)
+    before = unlabelled(port, "mxfs_node_fuse_blob_read_bytes_total")
+    with open(shard, "rb") as fh:
+        os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)  # not from the FUSE page cache
+        assert mode_of(shard) == "cached"
+        assert read_all(fh) == origin_hashes[shard.name]
+    spliced = unlabelled(port, "mxfs_node_fuse_blob_read_bytes_total") - before
+    assert half <= spliced < size  # the verified half came from the blob, the rest did not
+
+
+def test_cold_sequential_read_ends_complete_and_reads_from_the_blob(node, origin_hashes, mount_mode):
+    """A cold front-to-back read hands the file to hydration; reads of blocks hydration put
+    in place are answered from the blob, and the next open is served whole from it."""
+    shard = shards(node)[2]
+    before = unlabelled(node.metrics_port, "mxfs_node_fuse_blob_read_bytes_total")
+    with open(shard, "rb") as fh:
+        assert read_all(fh) == origin_hashes[shard.name]
+    assert unlabelled(node.metrics_port, "mxfs_node_fuse_blob_read_bytes_total") > before
+    deadline = time.monotonic() + 30
+    while "user.mxfs.backing" not in os.listxattr(shard):
+        assert time.monotonic() < deadline, "hydration after a sequential read never completed"
+        time.sleep(0.05)
+    wait_released(shard)
+    with open(shard, "rb") as fh:
+        assert mode_of(shard) == complete_mode(mount_mode)
+        assert read_all(fh) == origin_hashes[shard.name]

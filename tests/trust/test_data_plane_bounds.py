@@ -95,3 +95,32 @@ def test_a_client_that_stops_reading_frees_its_slot(data_plane) -> None:
     wait_for(served, 10 * TIMEOUT_S + 10, "a slot freed by the write timeout")
     for s in stalled:
         s.close()
+
+
+def test_a_tls_client_that_never_handshakes_is_timed_out(tmp_path: Path, models_dir: Path) -> None:
+    """The TLS handshake runs in the connection's thread under the same timeout: a client that
+    connects and sends nothing holds a slot for at most the timeout, never the accept loop."""
+    import ssl
+
+    from tests.support.tls import make_tls
+
+    files = make_tls(tmp_path / "tls")
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(files.cert, files.key)
+    catalog = ModelCatalog([LocalOrigin(models_dir, tmp_path)], tmp_path, BLOCK_SIZE)
+    server = RangeServer("127.0.0.1", 0, catalog, ServerMetrics(), 1 << 20, timeout_s=TIMEOUT_S,
+                         max_connections=SLOTS, tls=tls)
+    server.start()
+    try:
+        port = server.server_address[1]
+        silent = _connect(port)  # TCP only, no ClientHello
+        started = time.monotonic()
+        manifest = catalog.resolve(MODEL, "")
+        f = manifest.files[0]
+        client = HttpRangeClient("127.0.0.1", port, 5, tls=ssl.create_default_context(cafile=str(files.ca)))
+        assert len(client.read_range(MODEL, manifest.revision, f.path, 0, f.size)) == f.size  # not held up
+        assert _closed_by_server(silent) == b""
+        assert time.monotonic() - started < 3 * TIMEOUT_S
+        silent.close()
+    finally:
+        server.stop()

@@ -59,7 +59,10 @@ def test_daemon_mounts_through_a_tls_server(tls, start_server, start_mount, mode
                                         "--metrics-port", str(metrics_port)])
     shard = sorted((models_dir / MODEL).glob("*.safetensors"))[0]
     assert sha256_file(daemon.mountpoint / MODEL / shard.name) == sha256_file(shard)
-    assert "TLS" in server.log() and "data plane off" in server.log()
+    assert "TLS" in server.log() and f"data {server.data_port} https + token" in server.log()
+    # the blocks went over the HTTPS data plane, none over gRPC ReadRange
+    assert server.metric("mxfs_server_requests_total", method="HttpRange") > 0
+    assert server.metric("mxfs_server_requests_total", method="ReadRange") == 0
     # the daemon's metrics listen on loopback only by default
     assert _listening(metrics_port) == {"0100007F"}
     # node control: a socket only root can open, bound where no one else could reach it first

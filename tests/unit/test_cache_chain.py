@@ -159,9 +159,29 @@ def test_corrupt_cached_block_is_refetched(tmp_path):
     tier = BytesTier("server", data)
     chain, cache = _chain(tmp_path, [tier])
     key = m.files[0].key(0, BS)
-    cache.put(key, b"\0" * BS)  # wrong bytes on disk
+    cache.put(key, b"\0" * BS)  # wrong bytes on disk, left by an earlier process
+    cache.close()
+    chain, cache = _chain(tmp_path, [tier])  # this process never verified them: read back and checked
     assert trio.run(chain.block, m, m.files[0], 0) == data[:BS]
     assert tier.calls == 1 and chain.stats.snapshot()["corrupt"] == {"local": 1}
+
+
+def test_blocks_verified_by_this_process_are_not_hashed_again(tmp_path, monkeypatch):
+    data = bytes(range(256)) * 512  # 2 blocks
+    m = _manifest(data)
+    chain, cache = _chain(tmp_path, [BytesTier("server", data)])
+    e = m.files[0]
+    assert trio.run(chain.block, m, e, 0) == data[:BS]  # fetched, verified, stored
+    assert cache.put(e.key(1, BS), data[BS:])  # stored from verified bytes
+    assert cache.pin_verified([e.key(0, BS), e.key(1, BS)]) == 0
+    cache.unpin_all([e.key(0, BS), e.key(1, BS)])
+    chain.hot.clear()
+    calls = []
+    monkeypatch.setattr("mxfs.fetch.chain.block_ok", lambda *a: calls.append(a) or True)
+    assert trio.run(chain.block, m, e, 1) == data[BS:]
+    assert calls == []  # read back from the cache without a second hash
+    cache.discard(e.key(1, BS))  # a block that leaves the cache loses its mark
+    assert cache.pin_verified([e.key(1, BS)]) is None
 
 
 def test_background_writes_drain_and_land_in_the_cache(tmp_path):
