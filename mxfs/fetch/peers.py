@@ -123,6 +123,8 @@ class PeerTier:
             data = await self._attempt(peer, key, length, manifest.block_hash, expected, None, errors, refused)
             if data is not None:
                 return data
+        if holding and all(refused):  # held elsewhere, every holder busy: wait for a slot, pull nothing
+            return None
         if sw:
             # a busy owner stays the owner (asking another member would fetch the block from the
             # server again); one that failed, is slow or lied hands its blocks to the next member
@@ -130,8 +132,6 @@ class PeerTier:
             members[self.me.node_id] = self.me
             own = owner(key, list(members.values()))
             if own is not None and own.node_id == self.me.node_id:
-                if holding and all(refused):  # held elsewhere, all busy: wait for them, not the server
-                    return None
                 raise BlockUnavailable(f"swarm: {key} is this node's to fetch")
             if own is not None and own.node_id not in asked:
                 if self._busy(own.node_id):
