@@ -1,23 +1,24 @@
 """Hydration: whole files into their cache blobs, many blocks at once, each verified once.
 
 For each file that is not yet complete the engine preallocates the blob
-(``posix_fallocate``: its space is one run of extents, and no later write can fail
-for space), maps it, and fetches the missing blocks in parallel through the chain's
-tiers (peers, origin, server), each received straight into its place in the mapping
-(``ServerTier.fetch_into``: the HTTP body is read into the mapped pages, no Python
-copy), or copied there once from a tier that returns bytes. A block is hashed once,
-where it lies, and only then indexed; when every block is indexed the blob is synced
-and the file recorded complete (``BlockCache.mark_complete``): the FUSE layer may then
-hand the blob to the kernel (passthrough).
+(``posix_fallocate``: its space is one run of extents, and no later write can fail for
+space) and fetches the missing blocks in parallel through the chain's tiers (peers,
+origin, server). A tier with ``fetch_into`` (the server's data plane) receives a block
+straight into a reused buffer (``readinto``: one copy, by the kernel), where it is hashed
+once and then written to its place in the blob with one ``pwrite``; a tier that returns
+bytes has them hashed and written the same way. Only then is the block indexed; when every
+block is indexed the blob is synced and the file recorded complete
+(``BlockCache.mark_complete``): the FUSE layer may then hand the blob to the kernel
+(passthrough).
 
 Failure never looks like completion: a block that failed its hash or never arrived is
-not indexed, so the file is not complete; a blob the filesystem cannot preallocate
-(ENOSPC) is never written through the mapping (a write into an unbacked mapped page
-would kill the daemon with SIGBUS) — ENOSPC fails the file; a filesystem without
-``fallocate`` support falls back to the chain's ordinary writes.
+not indexed, so the file is not complete; a blob the filesystem cannot preallocate (ENOSPC)
+fails the file before anything is written; a filesystem without ``fallocate`` support falls
+back to the chain's ordinary writes.
 
 Concurrent readers of a block being hydrated wait for it through the chain's single
-flight (``FetchChain.claim``) and then read it from the cache.
+flight (``FetchChain.claim``) and then read it from the cache; a reader of a block the job
+has not reached yet has it fetched now (``expedite``) instead of beside the job.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ import mmap
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import trio
@@ -43,6 +45,7 @@ from mxfs.manifest.model import FileEntry, Manifest
 log = logging.getLogger(__name__)
 
 DEFAULT_CONCURRENCY = 8
+RECEIVE_BUFFERS = 16  # blocks received at once (64 MiB of buffers with 4 MiB blocks)
 HASH_WINDOW = 8  # blocks of a lazy file whose hashes one GetBlockHashes asks for ahead of hydration
 
 
@@ -79,11 +82,33 @@ class Progress:
 
 @dataclass
 class _Job:
-    """The mapping of a blob being hydrated, and how many block writes use it right now."""
+    """The blob fd of a file being hydrated, and how many block writes use it right now."""
 
-    mapping: mmap.mmap
+    fd: int
     users: int = 0
     idle: trio.Event = field(default_factory=trio.Event)
+
+
+class _Buffers:
+    """Receive buffers of a block each, reused: a block received into a fresh buffer pays its
+    allocation and page faults, and one received into a mapping of the blob pays a zero-fill
+    of every page first (the blob is preallocated, its extents unwritten); measured in docs."""
+
+    def __init__(self, count: int) -> None:
+        self._free: list[bytearray] = []
+        self._slots = trio.Semaphore(count)
+
+    @asynccontextmanager
+    async def take(self, length: int) -> AsyncIterator[memoryview]:
+        async with self._slots:
+            buf = self._free.pop() if self._free else bytearray(length)
+            if len(buf) < length:
+                buf = bytearray(length)
+            try:
+                with memoryview(buf)[:length] as view:
+                    yield view
+            finally:
+                self._free.append(buf)
 
 
 class Hydrator:
@@ -97,6 +122,8 @@ class Hydrator:
         self.limiter = limiter  # shared with readahead so foreground reads keep priority
         self.in_place_blocks = 0  # blocks received into their blob (for tests and metrics)
         self._jobs: dict[str, _Job] = {}  # content id -> the in-place hydration of that file
+        self._buffers = _Buffers(RECEIVE_BUFFERS)
+        self._write_lock = threading.Lock()
 
     async def hydrate(self, manifest: Manifest, progress: Progress | None = None,
                       on_file: Callable[[FileEntry], None] | None = None) -> list[str]:
@@ -163,8 +190,7 @@ class Hydrator:
 
     async def _in_place(self, manifest: Manifest, entry: FileEntry, missing: list[int], fd: int,
                         progress: Progress) -> None:
-        job = _Job(mmap.mmap(fd, entry.size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE))
-        self._jobs[entry.sha256] = job
+        job = self._jobs[entry.sha256] = _Job(fd)
         try:
             async def one(index: int) -> None:
                 await self._one_in_place(job, manifest, entry, index)
@@ -174,16 +200,13 @@ class Hydrator:
         finally:
             del self._jobs[entry.sha256]
             with trio.CancelScope(shield=True):
-                while job.users:  # an expedited block still writes into the mapping
+                while job.users:  # an expedited block still writes through the fd
                     await job.idle.wait()
-            job.mapping.close()
 
     async def _one_in_place(self, job: _Job, manifest: Manifest, entry: FileEntry, index: int) -> None:
-        offset, length = entry.block_span(index, manifest.block_size)
         job.users += 1
         try:
-            with memoryview(job.mapping)[offset:offset + length] as view:
-                await self._block_in_place(manifest, entry, index, view)
+            await self._block_in_place(manifest, entry, index, job.fd)
         finally:
             job.users -= 1
             if not job.users:
@@ -255,7 +278,7 @@ class Hydrator:
 
     # -- one block ----------------------------------------------------------------------------
 
-    async def _block_in_place(self, manifest: Manifest, entry: FileEntry, index: int, view: memoryview) -> None:
+    async def _block_in_place(self, manifest: Manifest, entry: FileEntry, index: int, fd: int) -> None:
         key = entry.key(index, manifest.block_size)
         if self.cache.contains(key):
             return
@@ -263,34 +286,37 @@ class Hydrator:
         if flight is None:  # a reader is fetching it now: it lands in the cache through the chain
             await self.chain.block(manifest, entry, index)
             return
+        offset, length = entry.block_span(index, manifest.block_size)
         self.cache.pin(key)
         try:
             if self.cache.contains(key):
                 return
-            if not await in_thread(self.cache.reserve, len(view)):
+            if not await in_thread(self.cache.reserve, length):
                 raise CacheFull(f"node cache full (all pinned): cannot hydrate {entry.path}")
             try:
                 hot = self.chain.hot.get(key)  # verified by a reader moments ago, its cache write still queued
-                if hot is not None and len(hot) == len(view):
-                    await in_thread(view.__setitem__, slice(None), hot)
+                if hot is not None and len(hot) == length:
+                    await in_thread(_write_checked, self._write_lock, fd, offset, length, hot, "", b"", True)
                 else:
                     expected = await self.chain.expected(manifest, entry, index)
                     if self.chain.hashes is not None and entry.lazy:
                         entry = self.chain.hashes.view(manifest, entry)  # tiers that verify need the hashes
-                    await self._receive(manifest, entry, index, view, expected)
+                    await self._receive(manifest, entry, index, fd, expected)
             except BaseException:
-                self.cache.release(len(view))  # the reserved room was not used
+                self.cache.release(length)  # the reserved room was not used
                 raise
-            if not await in_thread(self.cache.commit, key, len(view)):  # the reservation is used or given back
+            if not await in_thread(self.cache.commit, key, length):  # the reservation is used or given back
                 raise CacheFull(f"node cache index refused block {index} of {entry.path} (see cache errors)")
         finally:
             self.cache.unpin(key)
             self.chain.release(key, flight)
 
-    async def _receive(self, manifest: Manifest, entry: FileEntry, index: int, view: memoryview,
-                       expected: bytes) -> None:
-        """Try the chain's tiers in order until one puts verified bytes into ``view``."""
+    async def _receive(self, manifest: Manifest, entry: FileEntry, index: int, fd: int, expected: bytes) -> None:
+        """Try the chain's tiers in order until one's bytes verify; they go to the blob at the
+        block's offset. A tier with ``fetch_into`` receives into a reused buffer (no allocation,
+        no page faults), which is hashed there and written with one ``pwrite``."""
         algorithm = manifest.block_hash
+        offset, length = entry.block_span(index, manifest.block_size)
         errors: list[str] = []
         for tier in self.chain.tiers:
             start = time.monotonic()
@@ -299,14 +325,20 @@ class Hydrator:
                 else min(self.chain.timeout_s, hedge())
             try:
                 with trio.fail_after(limit):
+                    fetch_to_file = getattr(tier, "fetch_to_file", None)
                     fetch_into = getattr(tier, "fetch_into", None)
-                    if fetch_into is not None:
-                        await fetch_into(manifest, entry, index, view)
-                        ok = await in_thread(block_ok, algorithm, view, expected)
+                    if fetch_to_file is not None:
+                        await fetch_to_file(manifest, entry, index, fd, self._write_lock)
+                        ok = await in_thread(_file_ok, fd, offset, length, algorithm, expected)
+                    elif fetch_into is not None:
+                        async with self._buffers.take(length) as view:
+                            await fetch_into(manifest, entry, index, view)
+                            ok = await in_thread(_write_checked, self._write_lock, fd, offset, length, view,
+                                                 algorithm, expected, False)
                     else:
                         data = await tier.fetch(manifest, entry, index)
-                        ok = await in_thread(_copy_checked, view, data, algorithm, expected,
-                                             getattr(tier, "verifies", False))
+                        ok = await in_thread(_write_checked, self._write_lock, fd, offset, length, data,
+                                             algorithm, expected, getattr(tier, "verifies", False))
             except trio.TooSlowError:
                 if limit < self.chain.timeout_s:
                     self.chain.stats.hedged(tier.name)
@@ -324,18 +356,39 @@ class Hydrator:
                 log.warning("block %d of %s from %s failed verification; skipping tier", index, entry.path, tier.name)
                 errors.append(f"{tier.name}: bad bytes")
                 continue
-            self.chain.stats.got(tier.name, len(view), time.monotonic() - start)
-            if fetch_into is not None:
+            self.chain.stats.got(tier.name, length, time.monotonic() - start)
+            if fetch_to_file is not None or fetch_into is not None:
                 self.in_place_blocks += 1
             return
         raise BlockUnavailable(f"block {index} of {manifest.name}/{entry.path} unavailable: "
                                + "; ".join(errors or ["no tiers"]))
 
 
-def _copy_checked(view: memoryview, data: bytes | bytearray, algorithm: str, expected: bytes,
-                  verified: bool) -> bool:
-    """Verify ``data`` (unless its tier did) and copy it into its place (a worker thread)."""
-    if len(data) != len(view) or not (verified or block_ok(algorithm, data, expected)):
+def _file_ok(fd: int, offset: int, length: int, algorithm: str, expected: bytes) -> bool:
+    """True when the ``length`` bytes at ``offset`` of ``fd`` hash to ``expected`` (read
+    through a mapping of the page cache they were just written to: no copy)."""
+    start = offset - offset % mmap.ALLOCATIONGRANULARITY
+    with (mmap.mmap(fd, offset - start + length, mmap.MAP_SHARED, mmap.PROT_READ, offset=start) as mapping,
+          memoryview(mapping) as view):
+        return block_ok(algorithm, view[offset - start:], expected)
+
+
+def _write_checked(lock: threading.Lock, fd: int, offset: int, length: int, data: bytes | bytearray | memoryview,
+                   algorithm: str, expected: bytes, verified: bool) -> bool:
+    """Verify ``data`` (unless ``verified``) and write it to the blob at ``offset`` (a worker
+    thread). False for bytes that fail; a disk error fails the file (``CacheFull``).
+
+    One write at a time (``lock``): buffered writes to one file serialize on its inode lock
+    anyway, and the kernel's waiters spin on it (measured: a third of the daemon's CPU on a
+    cold read went to spinning); waiting on a Python lock sleeps instead."""
+    if len(data) != length or not (verified or block_ok(algorithm, data, expected)):
         return False
-    view[:] = data
+    view = memoryview(data)
+    try:
+        with lock:
+            while view:
+                written = os.pwrite(fd, view, offset)
+                view, offset = view[written:], offset + written
+    except OSError as exc:
+        raise CacheFull(f"cannot write to the node cache: {exc}") from exc
     return True

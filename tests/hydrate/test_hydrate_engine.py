@@ -173,8 +173,8 @@ class KillingTier(ServerTier):
         super().__init__(*args)
         self.server, self.after, self.received = server, after, 0
 
-    async def fetch_into(self, manifest, entry, index, view):
-        await super().fetch_into(manifest, entry, index, view)
+    async def fetch_to_file(self, manifest, entry, index, fd, write_lock):
+        await super().fetch_to_file(manifest, entry, index, fd, write_lock)
         self.received += 1
         if self.received == self.after:
             self.server.stop(kill=True)
