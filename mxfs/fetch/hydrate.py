@@ -82,9 +82,11 @@ class Progress:
 
 @dataclass
 class _Job:
-    """The blob fd of a file being hydrated, and how many block writes use it right now."""
+    """The blob of a file being hydrated (fd, read-only mapping to verify what lands), and how
+    many block writes use it right now."""
 
     fd: int
+    readable: mmap.mmap
     users: int = 0
     idle: trio.Event = field(default_factory=trio.Event)
 
@@ -190,7 +192,7 @@ class Hydrator:
 
     async def _in_place(self, manifest: Manifest, entry: FileEntry, missing: list[int], fd: int,
                         progress: Progress) -> None:
-        job = self._jobs[entry.sha256] = _Job(fd)
+        job = self._jobs[entry.sha256] = _Job(fd, mmap.mmap(fd, entry.size, mmap.MAP_SHARED, mmap.PROT_READ))
         try:
             async def one(index: int) -> None:
                 await self._one_in_place(job, manifest, entry, index)
@@ -202,11 +204,12 @@ class Hydrator:
             with trio.CancelScope(shield=True):
                 while job.users:  # an expedited block still writes through the fd
                     await job.idle.wait()
+            job.readable.close()
 
     async def _one_in_place(self, job: _Job, manifest: Manifest, entry: FileEntry, index: int) -> None:
         job.users += 1
         try:
-            await self._block_in_place(manifest, entry, index, job.fd)
+            await self._block_in_place(job, manifest, entry, index)
         finally:
             job.users -= 1
             if not job.users:
@@ -278,7 +281,7 @@ class Hydrator:
 
     # -- one block ----------------------------------------------------------------------------
 
-    async def _block_in_place(self, manifest: Manifest, entry: FileEntry, index: int, fd: int) -> None:
+    async def _block_in_place(self, job: _Job, manifest: Manifest, entry: FileEntry, index: int) -> None:
         key = entry.key(index, manifest.block_size)
         if self.cache.contains(key):
             return
@@ -296,12 +299,12 @@ class Hydrator:
             try:
                 hot = self.chain.hot.get(key)  # verified by a reader moments ago, its cache write still queued
                 if hot is not None and len(hot) == length:
-                    await in_thread(_write_checked, self._write_lock, fd, offset, length, hot, "", b"", True)
+                    await in_thread(_write_checked, self._write_lock, job.fd, offset, length, hot, "", b"", True)
                 else:
                     expected = await self.chain.expected(manifest, entry, index)
                     if self.chain.hashes is not None and entry.lazy:
                         entry = self.chain.hashes.view(manifest, entry)  # tiers that verify need the hashes
-                    await self._receive(manifest, entry, index, fd, expected)
+                    await self._receive(job, manifest, entry, index, expected)
             except BaseException:
                 self.cache.release(length)  # the reserved room was not used
                 raise
@@ -311,7 +314,7 @@ class Hydrator:
             self.cache.unpin(key)
             self.chain.release(key, flight)
 
-    async def _receive(self, manifest: Manifest, entry: FileEntry, index: int, fd: int, expected: bytes) -> None:
+    async def _receive(self, job: _Job, manifest: Manifest, entry: FileEntry, index: int, expected: bytes) -> None:
         """Try the chain's tiers in order until one's bytes verify; they go to the blob at the
         block's offset. A tier with ``fetch_into`` receives into a reused buffer (no allocation,
         no page faults), which is hashed there and written with one ``pwrite``."""
@@ -328,16 +331,16 @@ class Hydrator:
                     fetch_to_file = getattr(tier, "fetch_to_file", None)
                     fetch_into = getattr(tier, "fetch_into", None)
                     if fetch_to_file is not None:
-                        await fetch_to_file(manifest, entry, index, fd, self._write_lock)
-                        ok = await in_thread(_file_ok, fd, offset, length, algorithm, expected)
+                        await fetch_to_file(manifest, entry, index, job.fd, self._write_lock)
+                        ok = await in_thread(_mapped_ok, job.readable, offset, length, algorithm, expected)
                     elif fetch_into is not None:
                         async with self._buffers.take(length) as view:
                             await fetch_into(manifest, entry, index, view)
-                            ok = await in_thread(_write_checked, self._write_lock, fd, offset, length, view,
+                            ok = await in_thread(_write_checked, self._write_lock, job.fd, offset, length, view,
                                                  algorithm, expected, False)
                     else:
                         data = await tier.fetch(manifest, entry, index)
-                        ok = await in_thread(_write_checked, self._write_lock, fd, offset, length, data,
+                        ok = await in_thread(_write_checked, self._write_lock, job.fd, offset, length, data,
                                              algorithm, expected, getattr(tier, "verifies", False))
             except trio.TooSlowError:
                 if limit < self.chain.timeout_s:
@@ -364,13 +367,12 @@ class Hydrator:
                                + "; ".join(errors or ["no tiers"]))
 
 
-def _file_ok(fd: int, offset: int, length: int, algorithm: str, expected: bytes) -> bool:
-    """True when the ``length`` bytes at ``offset`` of ``fd`` hash to ``expected`` (read
-    through a mapping of the page cache they were just written to: no copy)."""
-    start = offset - offset % mmap.ALLOCATIONGRANULARITY
-    with (mmap.mmap(fd, offset - start + length, mmap.MAP_SHARED, mmap.PROT_READ, offset=start) as mapping,
-          memoryview(mapping) as view):
-        return block_ok(algorithm, view[offset - start:], expected)
+def _mapped_ok(readable: mmap.mmap, offset: int, length: int, algorithm: str, expected: bytes) -> bool:
+    """True when the ``length`` bytes at ``offset`` of the blob hash to ``expected``, read
+    through the job's read-only mapping of the page cache they were just written to: no copy,
+    and no mapping made and torn down per block (each unmap costs the other CPUs a TLB flush)."""
+    with memoryview(readable) as view, view[offset:offset + length] as block:
+        return block_ok(algorithm, block, expected)
 
 
 def _write_checked(lock: threading.Lock, fd: int, offset: int, length: int, data: bytes | bytearray | memoryview,

@@ -34,6 +34,7 @@ from mxfs.fuse.interface import (
 )
 from mxfs.fuse.kernel import protocol as p
 from mxfs.fuse.kernel.protocol import InitFlag, Opcode, OpenFlag
+from mxfs.fuse.kernel.residency import resident
 
 log = logging.getLogger(__name__)
 
@@ -424,19 +425,25 @@ class Session:
         data = await self.fs.read(fh, offset, size)
         if isinstance(data, FileRange):
             try:
-                await trio.to_thread.run_sync(self._reply_from_file, req, data, limiter=self._io_limiter)
+                cached, clean = resident(data.fd, data.offset, data.length)
+                if cached:  # a memory copy: inline, no worker-thread round trip
+                    self._reply_from_file(req, data, drop=clean)
+                else:
+                    await trio.to_thread.run_sync(self._reply_from_file, req, data, limiter=self._io_limiter)
             finally:
                 if data.done is not None:
                     data.done()
         else:
             self._reply(req, data)
 
-    def _reply_from_file(self, req: Request, rng: FileRange) -> None:
-        """Worker thread: splice ``rng`` into the reply (header written into the pipe first)."""
+    def _reply_from_file(self, req: Request, rng: FileRange, drop: bool = True) -> None:
+        """Splice ``rng`` into the reply (header written into the pipe first): in a worker
+        thread, or inline when its pages are cached. ``drop=False`` leaves the file's pages
+        (inline with dirty pages: dropping them would start writeback here)."""
         pipe = self._pipes.get() if rng.length <= PIPE_SIZE - p.OUT_HEADER.size else None
         if pipe is None:
             self._reply(req, os.pread(rng.fd, rng.length, rng.offset))
-            if rng.drop_cache:
+            if rng.drop_cache and drop:
                 os.posix_fadvise(rng.fd, rng.offset, rng.length, os.POSIX_FADV_DONTNEED)
             return
         r, w = pipe
@@ -451,7 +458,7 @@ class Session:
                 moved += n
                 offset += n
             os.splice(r, req.fd, total, flags=os.SPLICE_F_MOVE)
-            if rng.drop_cache:
+            if rng.drop_cache and drop:
                 os.posix_fadvise(rng.fd, rng.offset, rng.length, os.POSIX_FADV_DONTNEED)
         except OSError as exc:
             os.close(r)  # the pipe may hold part of a message: never reuse it
