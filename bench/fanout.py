@@ -15,8 +15,8 @@ mount at once. Columns: wall time until the last node is done, x the one-node ti
 (model size / link rate), server egress in copies, bytes per tier summed over nodes (GiB), CPU
 seconds per node and of the server, the CPU all of them used per second of wall ("cores": this
 machine's share of the work; a real fleet has cores per node) and the 1-minute load average when
-the row ended (this bench's processes and any other work on the machine). Targets (issue 12): at 8 and 16 nodes, wall <= 1.5 x one node
-and egress <= 1.1 copies.
+the row ended (this bench's processes and any other work on the machine). Targets (issue 12):
+at 8 and 16 nodes, wall <= 1.5 x one node and egress <= 1.1 copies.
 
 Link rate: the emulation runs every member on this machine's cores, so the rate should leave
 the CPU idle enough that the network, not the cores, sets the pace. Measured with this bench
