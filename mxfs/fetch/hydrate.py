@@ -176,6 +176,9 @@ class Hydrator:
                     await self._in_place(manifest, entry, missing, fd, progress)
                 finally:
                     os.close(fd)
+        # blocks a reader fetched meanwhile (the job joined those flights) may still be on their
+        # way to the cache in the chain's background writes: let them land before checking
+        await self.chain.drain()
         if not await in_thread(self.cache.mark_complete, entry, bs):
             raise BlockUnavailable(f"{entry.path}: blocks left the cache while it was hydrated")
 

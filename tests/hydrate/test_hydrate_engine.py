@@ -219,3 +219,39 @@ def test_a_slow_tier_hands_over_to_the_next_after_its_hedge_time(tmp_path):
     assert time.monotonic() - start < 30  # the stalled tier would take 60 s per block
     assert chain.cache.is_complete(m.file("w.bin"), BS) and chain.stats.snapshot()["bytes"]["server"] == len(DATA)
     chain.cache.close()
+
+
+def test_a_block_a_reader_fetched_meanwhile_lands_before_the_file_is_recorded(tmp_path):
+    """The job joins a reader's flight for a block; that block reaches the cache through the
+    chain's background writes, which hydration waits for before it checks completion."""
+    m = _manifest()
+    entry = m.file("w.bin")
+
+    class SlowReads(IntoTier):
+        async def fetch(self, manifest, entry, index):  # the reader's path: slow
+            await trio.sleep(0.2)
+            return await BytesTier.fetch(self, manifest, entry, index)
+
+        async def fetch_into(self, manifest, entry, index, view):  # hydration's: fast
+            view[:] = await BytesTier.fetch(self, manifest, entry, index)
+
+    chain = _chain(tmp_path / "c", [SlowReads("server", DATA)])
+    store = chain._store
+
+    def slow_store(key, data):  # and a slow disk under the reader's background write
+        time.sleep(0.3)
+        store(key, data)
+
+    chain._store = slow_store
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            chain.start(nursery)
+            nursery.start_soon(chain.block, m, entry, 0)  # a reader's fetch of block 0, in flight
+            await trio.sleep(0.05)
+            await Hydrator(chain, concurrency=4).hydrate_file(m, entry)  # joins that flight
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    assert chain.cache.is_complete(entry, BS)
+    chain.cache.close()
