@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CONCURRENCY = 8
 RECEIVE_BUFFERS = 16  # blocks received at once (64 MiB of buffers with 4 MiB blocks)
+EXPEDITED = 4  # blocks readers may have fetched ahead of a job's order at once
 HASH_WINDOW = 8  # blocks of a lazy file whose hashes one GetBlockHashes asks for ahead of hydration
 
 
@@ -126,6 +127,7 @@ class Hydrator:
         self._jobs: dict[str, _Job] = {}  # content id -> the in-place hydration of that file
         self._buffers = _Buffers(RECEIVE_BUFFERS)
         self._write_lock = threading.Lock()
+        self._expedited = trio.CapacityLimiter(EXPEDITED)
 
     async def hydrate(self, manifest: Manifest, progress: Progress | None = None,
                       on_file: Callable[[FileEntry], None] | None = None) -> list[str]:
@@ -225,7 +227,8 @@ class Hydrator:
         job = self._jobs.get(entry.sha256)
         if job is None:
             return False
-        await self._one_in_place(job, manifest, entry, index)
+        async with self._expedited:  # readers never fan out past a few extra fetches
+            await self._one_in_place(job, manifest, entry, index)
         return True
 
     async def _with_hash_windows(self, manifest: Manifest, entry: FileEntry, missing: list[int],
@@ -286,11 +289,10 @@ class Hydrator:
 
     async def _block_in_place(self, job: _Job, manifest: Manifest, entry: FileEntry, index: int) -> None:
         key = entry.key(index, manifest.block_size)
+        while (flight := self.chain.claim(key)) is None:  # someone is fetching it now: wait for them
+            await self.chain.settle([key])
         if self.cache.contains(key):
-            return
-        flight = self.chain.claim(key)
-        if flight is None:  # a reader is fetching it now: it lands in the cache through the chain
-            await self.chain.block(manifest, entry, index)
+            self.chain.release(key, flight)
             return
         offset, length = entry.block_span(index, manifest.block_size)
         self.cache.pin(key)

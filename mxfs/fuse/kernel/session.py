@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 MAX_WRITE = 128 * 1024  # read-only: only bounds the request buffer the kernel demands
 MAX_PAGES = 256  # up to 1 MiB per READ: 8x fewer requests than 128 KiB on a cold read (see docs)
 READ_BUFFER = MAX_WRITE + 4096
-PIPE_SIZE = 2 * (MAX_PAGES * 4096)
+PAGE = 4096
 F_SETPIPE_SZ = 1031
 _U32 = struct.Struct("<I")
 
@@ -156,29 +156,48 @@ class Notifier:
 
 
 class _Pipes:
-    """A pool of pipes sized for one whole READ reply (splice needs the message in one pipe)."""
+    """A pool of pipes sized for one whole READ reply (splice needs the message in one pipe).
+
+    A pipe holds one page per slot and the reply header takes a slot of its own, so a reply
+    of ``n`` pages needs ``n + 1`` slots: 1 MiB reads need 2 MiB pipes, beyond the default
+    ``pipe-max-size`` (1 MiB) without CAP_SYS_RESOURCE, which container runtimes usually drop
+    even for root. ``max_pages`` is then what a pipe of ``pipe-max-size`` can carry (rounded
+    down to a power of two), and INIT asks the kernel for reads of that size.
+    """
 
     def __init__(self) -> None:
         self._free: list[tuple[int, int]] = []
         self._lock = threading.Lock()
-        self.usable = True
+        self.size, self.max_pages = 0, MAX_PAGES
+        for pages in (MAX_PAGES, MAX_PAGES // 2, MAX_PAGES // 4):
+            pipe = self._new(2 * pages * PAGE)
+            if pipe is not None:
+                self.size, self.max_pages = 2 * pages * PAGE, pages
+                self._free.append(pipe)
+                break
+        else:
+            log.info("cannot size splice pipes: replies from files are copied")
+
+    @staticmethod
+    def _new(size: int) -> tuple[int, int] | None:
+        r, w = os.pipe2(os.O_CLOEXEC)
+        try:
+            fcntl.fcntl(w, F_SETPIPE_SZ, size)
+            return r, w
+        except OSError:
+            os.close(r)
+            os.close(w)
+            return None
+
+    @property
+    def usable(self) -> bool:
+        return self.size > 0
 
     def get(self) -> tuple[int, int] | None:
         with self._lock:
             if self._free:
                 return self._free.pop()
-        if not self.usable:
-            return None
-        r, w = os.pipe2(os.O_CLOEXEC)
-        try:
-            fcntl.fcntl(w, F_SETPIPE_SZ, PIPE_SIZE)
-        except OSError as exc:  # no CAP_SYS_RESOURCE beyond pipe-max-size: copy instead
-            log.info("cannot size splice pipes (%s): replies from files are copied", exc)
-            self.usable = False
-            os.close(r)
-            os.close(w)
-            return None
-        return r, w
+        return self._new(self.size) if self.size else None
 
     def put(self, pipe: tuple[int, int]) -> None:
         with self._lock:
@@ -383,10 +402,11 @@ class Session:
         granted = offered & wanted
         depth = 1 if granted & InitFlag.PASSTHROUGH else 0  # blobs live on a plain local filesystem
         minor = min(minor, p.KERNEL_MINOR_VERSION)
-        self.granted = Granted(minor, granted, max_readahead, MAX_WRITE, MAX_PAGES, depth)
+        max_pages = self._pipes.max_pages  # a read reply must fit one splice pipe
+        self.granted = Granted(minor, granted, max_readahead, MAX_WRITE, max_pages, depth)
         reply = p.INIT_OUT.pack(p.KERNEL_VERSION, minor, max_readahead, int(granted) & 0xFFFFFFFF,
                                 self.max_background, self.max_background * 3 // 4, MAX_WRITE, 1,
-                                MAX_PAGES, 0, int(granted) >> 32, depth, 0)
+                                max_pages, 0, int(granted) >> 32, depth, 0)
         if minor < 23:
             reply = reply[:24]  # FUSE_COMPAT_22_INIT_OUT_SIZE
         backing = Backing(self.fd) if self.granted.passthrough else None
@@ -440,7 +460,7 @@ class Session:
         """Splice ``rng`` into the reply (header written into the pipe first): in a worker
         thread, or inline when its pages are cached. ``drop=False`` leaves the file's pages
         (inline with dirty pages: dropping them would start writeback here)."""
-        pipe = self._pipes.get() if rng.length <= PIPE_SIZE - p.OUT_HEADER.size else None
+        pipe = self._pipes.get() if rng.length <= self._pipes.max_pages * PAGE else None
         if pipe is None:
             self._reply(req, os.pread(rng.fd, rng.length, rng.offset))
             if rng.drop_cache and drop:
