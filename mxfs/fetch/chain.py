@@ -91,10 +91,7 @@ class FetchChain:
         if not self.cache.contains(key):
             return False
         _, length = entry.block_span(index, manifest.block_size)
-        if entry.lazy and self.hashes is not None:
-            expected = await self.hashes.get(manifest, entry, index)
-        else:
-            expected = entry.block_hashes[index]
+        expected = await self.expected(manifest, entry, index)
         return await in_thread(self._from_cache, key, length, manifest.block_hash, expected,
                                limiter=self.io_limiter) is not None
 

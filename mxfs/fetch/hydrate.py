@@ -3,10 +3,10 @@
 For each file that is not yet complete the engine preallocates the blob
 (``posix_fallocate``: its space is one run of extents, and no later write can fail for
 space) and fetches the missing blocks in parallel through the chain's tiers (peers,
-origin, server). A tier with ``fetch_into`` (the server's data plane) receives a block
-straight into a reused buffer (``readinto``: one copy, by the kernel), where it is hashed
-once and then written to its place in the blob with one ``pwrite``; a tier that returns
-bytes has them hashed and written the same way. Only then is the block indexed; when every
+origin, server). A tier with ``fetch_to_file`` (the server's data plane) has a block
+spliced from its socket into its place in the blob (one copy, by the kernel), where it is
+hashed once through a read-only mapping; a tier that returns bytes has them hashed and
+written with one ``pwrite``. Only then is the block indexed; when every
 block is indexed the blob is synced and the file recorded complete
 (``BlockCache.mark_complete``): the FUSE layer may then hand the blob to the kernel
 (passthrough).
@@ -30,8 +30,7 @@ import mmap
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
@@ -45,7 +44,6 @@ from mxfs.manifest.model import FileEntry, Manifest
 log = logging.getLogger(__name__)
 
 DEFAULT_CONCURRENCY = 8
-RECEIVE_BUFFERS = 16  # blocks received at once (64 MiB of buffers with 4 MiB blocks)
 EXPEDITED = 4  # blocks readers may have fetched ahead of a job's order at once
 HASH_WINDOW = 8  # blocks of a lazy file whose hashes one GetBlockHashes asks for ahead of hydration
 
@@ -92,28 +90,6 @@ class _Job:
     idle: trio.Event = field(default_factory=trio.Event)
 
 
-class _Buffers:
-    """Receive buffers of a block each, reused: a block received into a fresh buffer pays its
-    allocation and page faults, and one received into a mapping of the blob pays a zero-fill
-    of every page first (the blob is preallocated, its extents unwritten); measured in docs."""
-
-    def __init__(self, count: int) -> None:
-        self._free: list[bytearray] = []
-        self._slots = trio.Semaphore(count)
-
-    @asynccontextmanager
-    async def take(self, length: int) -> AsyncIterator[memoryview]:
-        async with self._slots:
-            buf = self._free.pop() if self._free else bytearray(length)
-            if len(buf) < length:
-                buf = bytearray(length)
-            try:
-                with memoryview(buf)[:length] as view:
-                    yield view
-            finally:
-                self._free.append(buf)
-
-
 class Hydrator:
     """Fills the cache blobs of whole files through ``chain`` (see the module docstring)."""
 
@@ -125,7 +101,6 @@ class Hydrator:
         self.limiter = limiter  # shared with readahead so foreground reads keep priority
         self.in_place_blocks = 0  # blocks received into their blob (for tests and metrics)
         self._jobs: dict[str, _Job] = {}  # content id -> the in-place hydration of that file
-        self._buffers = _Buffers(RECEIVE_BUFFERS)
         self._write_lock = threading.Lock()
         self._expedited = trio.CapacityLimiter(EXPEDITED)
 
@@ -321,8 +296,8 @@ class Hydrator:
 
     async def _receive(self, job: _Job, manifest: Manifest, entry: FileEntry, index: int, expected: bytes) -> None:
         """Try the chain's tiers in order until one's bytes verify; they go to the blob at the
-        block's offset. A tier with ``fetch_into`` receives into a reused buffer (no allocation,
-        no page faults), which is hashed there and written with one ``pwrite``."""
+        block's offset. A tier with ``fetch_to_file`` (the server's data plane) writes them
+        there itself; bytes from any other tier are hashed and written with one ``pwrite``."""
         algorithm = manifest.block_hash
         offset, length = entry.block_span(index, manifest.block_size)
         errors: list[str] = []
@@ -334,15 +309,9 @@ class Hydrator:
             try:
                 with trio.fail_after(limit):
                     fetch_to_file = getattr(tier, "fetch_to_file", None)
-                    fetch_into = getattr(tier, "fetch_into", None)
                     if fetch_to_file is not None:
                         await fetch_to_file(manifest, entry, index, job.fd, self._write_lock)
                         ok = await in_thread(_mapped_ok, job.readable, offset, length, algorithm, expected)
-                    elif fetch_into is not None:
-                        async with self._buffers.take(length) as view:
-                            await fetch_into(manifest, entry, index, view)
-                            ok = await in_thread(_write_checked, self._write_lock, job.fd, offset, length, view,
-                                                 algorithm, expected, False)
                     else:
                         data = await tier.fetch(manifest, entry, index)
                         ok = await in_thread(_write_checked, self._write_lock, job.fd, offset, length, data,
@@ -365,7 +334,7 @@ class Hydrator:
                 errors.append(f"{tier.name}: bad bytes")
                 continue
             self.chain.stats.got(tier.name, length, time.monotonic() - start)
-            if fetch_to_file is not None or fetch_into is not None:
+            if fetch_to_file is not None:
                 self.in_place_blocks += 1
             return
         raise BlockUnavailable(f"block {index} of {manifest.name}/{entry.path} unavailable: "

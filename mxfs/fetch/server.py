@@ -63,24 +63,6 @@ class ServerTier:
                 log.debug("data plane failed (%s); using gRPC", exc)
         return self.client.read_range(manifest.name, manifest.revision, path, offset, length, self.timeout_s)
 
-    def _read_into(self, manifest: Manifest, path: str, offset: int, view: memoryview) -> None:
-        http = self._data_plane()
-        if http is not None:
-            try:
-                http.read_range_into(manifest.name, manifest.revision, path, offset, view)
-                return
-            except BlockUnavailable as exc:
-                log.debug("data plane failed (%s); using gRPC", exc)
-        view[:] = self.client.read_range(manifest.name, manifest.revision, path, offset, len(view), self.timeout_s)
-
-    async def fetch_into(self, manifest: Manifest, entry: FileEntry, index: int, view: memoryview) -> None:
-        """Block ``index`` received straight into ``view`` (unverified; the caller checks it).
-        Not abandoned on cancel: the thread owns ``view`` until it returns."""
-        offset, length = entry.block_span(index, manifest.block_size)
-        if len(view) != length:
-            raise ValueError(f"view of {len(view)} bytes for a block of {length}")
-        await in_thread(self._read_into, manifest, entry.path, offset, view, limiter=self.limiter)
-
     def _read_to_file(self, manifest: Manifest, path: str, offset: int, length: int, fd: int,
                       write_lock: threading.Lock) -> None:
         http = self._data_plane()

@@ -38,7 +38,7 @@ def _manifest(algorithm: str = "blake3") -> Manifest:
 
 
 class IntoTier(BytesTier):
-    """A tier that receives straight into the caller's buffer (like the server tier)."""
+    """A tier that writes straight into the blob being hydrated (like the server tier)."""
 
     def __init__(self, name: str, data: bytes, mode: str = "ok", fail_blocks: frozenset[int] = frozenset()) -> None:
         super().__init__(name, data, mode)
@@ -46,13 +46,15 @@ class IntoTier(BytesTier):
         self.active = 0
         self.peak = 0
 
-    async def fetch_into(self, manifest, entry, index, view):
+    async def fetch_to_file(self, manifest, entry, index, fd, write_lock):
         self.active += 1
         self.peak = max(self.peak, self.active)
         try:
             if index in self.fail_blocks:
                 raise BlockUnavailable("not this one")
-            view[:] = await self.fetch(manifest, entry, index)
+            data = await self.fetch(manifest, entry, index)
+            with write_lock:
+                os.pwrite(fd, data, entry.block_span(index, manifest.block_size)[0])
         finally:
             self.active -= 1
 
@@ -232,8 +234,9 @@ def test_a_block_a_reader_fetched_meanwhile_lands_before_the_file_is_recorded(tm
             await trio.sleep(0.2)
             return await BytesTier.fetch(self, manifest, entry, index)
 
-        async def fetch_into(self, manifest, entry, index, view):  # hydration's: fast
-            view[:] = await BytesTier.fetch(self, manifest, entry, index)
+        async def fetch_to_file(self, manifest, entry, index, fd, write_lock):  # hydration's: fast
+            os.pwrite(fd, await BytesTier.fetch(self, manifest, entry, index),
+                      entry.block_span(index, manifest.block_size)[0])
 
     chain = _chain(tmp_path / "c", [SlowReads("server", DATA)])
     store = chain._store
