@@ -120,7 +120,9 @@ def add_mount(sub: argparse._SubParsersAction) -> None:
                    help="lmdb map size of the cache index (default 16GiB; when full, blocks stop being cached)")
     p.add_argument("--model", dest="models", action="append", help="ORG/NAME[@REV] to resolve at start (repeatable)")
     p.add_argument("--fetch-timeout", type=float, help="seconds before a block fetch fails (default 10)")
-    p.add_argument("--readahead-blocks", type=int, help="max blocks read ahead (default 8)")
+    p.add_argument("--readahead-blocks", type=int,
+                   help="max blocks read ahead (default 8); a reader that fills that window, or enters "
+                        "4x as many blocks in any order, has its file hydrated; 0 turns both off")
     p.add_argument("--fetch-workers", type=int, help="concurrent block fetches (default 16)")
     p.add_argument("--negative-ttl", type=float,
                    help="seconds a model name the server did not find is remembered (default 30; 0 = off)")

@@ -113,7 +113,8 @@ class MountConfig:
                                  "only stops caching)")
     models: list = _opt(None, "models to resolve at start (org/name[@rev])")
     fetch_timeout: float = _opt(10.0, "seconds before a block fetch from a tier is given up")
-    readahead_blocks: int = _opt(8, "max blocks read ahead on sequential access")
+    readahead_blocks: int = _opt(8, "max blocks read ahead on sequential access (also when a reader's file "
+                                    "is hydrated; 0: neither)")
     fetch_workers: int = _opt(16, "concurrent block fetches")
     negative_ttl: float = _opt(30.0, "seconds a model name the server did not find is remembered "
                                "(0 = ask every time)")
