@@ -81,7 +81,7 @@ class S3Store:
 
             client = boto3.client("s3", config=Config(
                 max_pool_connections=max_connections, retries={"max_attempts": 3, "mode": "standard"},
-                connect_timeout=10, read_timeout=60))
+                connect_timeout=10, read_timeout=60, signature_version="s3v4"))
         self._s3 = client
         self.endpoint = client.meta.endpoint_url
         # block reads: botocore signs, the body goes straight into the caller's buffer
@@ -152,6 +152,11 @@ class S3Store:
         if len(data) != length:
             raise OriginUnavailable(f"{self.endpoint} sent {len(data)} of {length} bytes of {what}")
         return data
+
+    @property
+    def presigned_reads(self) -> bool:
+        """Whether ``open_range`` reads by presigned GET (else through botocore's ``get_object``)."""
+        return self._presigned is not None
 
     def open_range(self, key: str, offset: int, length: int, etag: str) -> RangeBody:
         """``get_range`` as a body read straight into the caller's buffers (a presigned GET: one

@@ -45,11 +45,14 @@ class NotPlain(Exception):
 
 
 def usable(client, endpoint: str) -> bool:
-    """Whether this path can speak for ``client``: http(s), no proxy for the endpoint, no client cert."""
+    """Whether this path can speak for ``client``: http(s), SigV4 (botocore presigns with the
+    deprecated SigV2 unless told), no proxy for the endpoint, no client certificate."""
     url = urlsplit(endpoint or "")
     if url.scheme not in ("http", "https") or not url.hostname:
         return False
     config = client.meta.config
+    if getattr(config, "signature_version", None) != "s3v4":
+        return False
     if getattr(config, "proxies", None) or getattr(config, "client_cert", None):
         return False
     proxies = urllib.request.getproxies()
