@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import http.client
 import logging
+import socket
 import ssl
 import threading
 import time
@@ -34,6 +35,8 @@ URL_REUSE_S = 60.0
 IO_TIMEOUT_S = 60.0
 #: kept-alive connections per endpoint
 MAX_IDLE = 64
+#: a plain-HTTP body read wakes once this many bytes are queued (64 KiB-1 MiB measured: 256 KiB and up alike)
+RCV_LOWAT = 256 * 1024
 
 
 class NotPlain(Exception):
@@ -181,30 +184,52 @@ class PresignedReader:
 
 
 class PresignedBody:
-    """The body of one checked ranged response, read in order into the caller's buffers."""
+    """The body of one checked ranged response, read in order into the caller's buffers.
+
+    Over plain HTTP the socket is read directly with ``SO_RCVLOWAT`` raised (never above what
+    is still to come, so a read cannot wait for bytes that will not arrive): the thread
+    wakes once per ``RCV_LOWAT`` bytes instead of once per few segments, which measured
+    about 13% less CPU per byte than ``http.client``'s reads (4 MiB ranges from s3rver).
+    """
 
     def __init__(self, reader: PresignedReader, where: tuple[str, str, int | None],
                  conn: http.client.HTTPConnection, resp: http.client.HTTPResponse, length: int, what: str) -> None:
         self._reader, self._where, self._conn, self._resp = reader, where, conn, resp
+        self._sock = conn.sock if where[0] == "http" else None  # TLS: http.client decrypts
+        self._buffered = self._sock is not None  # bytes http.client read ahead with the headers
         self.left = length
         self.what = what
 
     def fill(self, view: memoryview) -> None:
         """The next ``len(view)`` bytes of the body into ``view``, or raise ``OriginUnavailable``."""
-        if len(view) > self.left:
-            raise ValueError(f"{self.what}: {len(view)} bytes asked, {self.left} left")
+        size = len(view)
+        if size > self.left:
+            raise ValueError(f"{self.what}: {size} bytes asked, {self.left} left")
         got = 0
         try:
-            while got < len(view):
-                n = self._resp.readinto(view[got:])
-                if not n:
-                    break
-                got += n
+            if self._sock is None:
+                while got < size:
+                    n = self._resp.readinto(view[got:])
+                    if not n:
+                        break
+                    got += n
+            else:
+                if self._buffered:
+                    self._buffered = False
+                    ahead = min(len(self._resp.fp.peek(1)), size)
+                    got = self._resp.fp.readinto(view[:ahead]) if ahead else 0
+                while got < size:
+                    self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, min(RCV_LOWAT, size - got))
+                    n = self._sock.recv_into(view[got:])
+                    if not n:
+                        break
+                    got += n
         except (OSError, http.client.HTTPException) as exc:
+            self.left -= got
             self.close()
             raise OriginUnavailable(f"{self._where[1]} failed {self.what} mid-body: {exc}") from exc
         self.left -= got
-        if got != len(view):
+        if got != size:
             self.close()
             raise OriginUnavailable(f"{self._where[1]} ended {self.what} early ({self.left} bytes missing)")
 
@@ -214,6 +239,13 @@ class PresignedBody:
         if conn is None:
             return
         if self.left == 0 and not self._resp.will_close:
+            try:
+                if self._sock is not None:
+                    self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)  # for the next headers
+                self._resp.close()  # read to its end: the connection may take the next request
+            except OSError:
+                conn.close()
+                return
             self._reader.checkin(self._where, conn)
         else:
             conn.close()

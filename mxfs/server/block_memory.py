@@ -8,7 +8,8 @@ writes can use them as they are).
 
 Every use holds a pin; a pinned buffer is never handed out again, so bytes being sent,
 hashed or written cannot change under the reader. Unpinned blocks stay readable until
-their buffer is needed for another block (LRU). ``limit_bytes`` bounds the pooled
+their buffer is needed for another block: first those already sent to a reader, then the
+pool grows to its bound, then the least recently used. ``limit_bytes`` bounds the pooled
 buffers; when every one is pinned a buffer outside the bound is lent, readable while
 pinned and freed with its last pin (pins are bounded by the origin workers and the
 connections being served).
@@ -35,6 +36,7 @@ class Slot:
     pins: int = 0
     key: BlockKey | None = None  # set once the block is published (verified bytes)
     pooled: bool = True
+    sent: bool = False  # handed to a reader in full at least once: the first to go when a buffer is needed
 
     @property
     def capacity(self) -> int:
@@ -69,6 +71,12 @@ class BlockMemory:
                     del self._free[i]
                     slot.pins, slot.length, slot.key = 1, 0, None
                     return slot
+            # a block already sent gives its buffer before the pool grows (fresh memory costs page faults)
+            done = next((s for s in self._blocks.values() if s.sent and s.pins == 0 and s.capacity == capacity), None)
+            if done is not None:
+                del self._blocks[done.key]
+                done.key, done.pins, done.length = None, 1, 0
+                return done
             while self.pooled_bytes + capacity > self.limit:
                 if self._free:  # free buffers of another size make room first
                     self.pooled_bytes -= self._free.pop().capacity
@@ -91,7 +99,7 @@ class BlockMemory:
 
     def publish(self, key: BlockKey, slot: Slot, length: int) -> None:
         """``slot`` now holds the verified bytes of ``key`` (the caller keeps its pin)."""
-        slot.length = length
+        slot.length, slot.sent = length, False
         with self._lock:
             old = self._blocks.pop(key, None)
             if old is not None and old is not slot:
@@ -137,6 +145,13 @@ class BlockMemory:
         finally:
             view.release()
             self.release(slot)
+
+    def mark_sent(self, key: BlockKey) -> None:
+        """``key`` was handed to a reader in full (its buffer is reused first from now on)."""
+        with self._lock:
+            slot = self._blocks.get(key)
+            if slot is not None:
+                slot.sent = True
 
     def discard(self, key: BlockKey) -> None:
         with self._lock:

@@ -242,6 +242,7 @@ class OriginBlocks:
                     view = slot.view()
                     try:
                         yield view
+                        self.hot.mark_sent(key)
                     finally:
                         view.release()
                         self.hot.release(slot)

@@ -76,3 +76,13 @@ def test_buffers_are_page_aligned_for_direct_io():
     address = ctypes.addressof(ctypes.c_char.from_buffer(slot.buffer))
     assert address % mmap.PAGESIZE == 0
     memory.release(slot)
+
+
+def test_a_block_already_sent_gives_its_buffer_before_the_pool_grows():
+    memory = BlockMemory(8 * CAP)
+    _put(memory, 1)
+    _put(memory, 2)
+    memory.mark_sent(_key(1))
+    _put(memory, 3)
+    assert memory.pooled_bytes == 2 * CAP  # 1's buffer was reused, nothing new was mapped
+    assert [i for i in (1, 2, 3) if _key(i) in memory] == [2, 3]
