@@ -5,10 +5,13 @@ A remote snapshot's manifest is built from the origin's listing (see
 someone needs them. This module is where those blocks come from on the server:
 
 * a block that is needed (``GetBlockHashes``, a range read, a stream, a hydration) is
-  read from the origin once, hashed, stored in a content-addressed, bounded
-  :class:`~mxfs.cache.blocks.BlockCache` and its hash in a small sqlite table;
-* concurrent needs of one block share one origin read (single flight), several missing
-  blocks are read in parallel on the origin pool;
+  read from the origin once, straight into a reused buffer (:mod:`mxfs.server.block_memory`),
+  hashed there, its hash kept in a small sqlite table, the bytes written from the buffer
+  (``O_DIRECT``) to a content-addressed, bounded :class:`~mxfs.cache.blocks.BlockCache`
+  and sent to nodes from the buffer while it holds them;
+* concurrent needs of one block share one origin read (single flight); missing blocks are
+  read in parallel on the origin pool, consecutive ones by one ranged read; a hydration
+  walking a file by windows of hashes has the next window read ahead;
 * a block read back from the store is checked against its stored hash (the store may be
   shared on disk with another replica, or damaged); a block re-read from the origin must
   match the hash recorded before (the origin object is pinned; a change is an error);
