@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import threading
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 import grpc
 
 from mxfs.rpc import csi_pb2_grpc
+from mxfs.stopsignal import wait_for_stop_signal
 from mxfs_csi import DEFAULT_KUBELET_DIR
 from mxfs_csi.identity import IdentityService
 from mxfs_csi.node import NodeService
@@ -77,11 +77,8 @@ def build_server(config: CsiConfig) -> grpc.Server:
 def serve(config: CsiConfig, grace: float = 5.0) -> int:
     """Serve until SIGTERM or SIGINT; returns the exit code."""
     server = build_server(config)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
-    log.info("stopping CSI server")
+    signum = wait_for_stop_signal()
+    log.info("%s: stopping CSI server", signal.Signals(signum).name)
     server.stop(grace).wait()
     socket_path(config.endpoint).unlink(missing_ok=True)
     return 0

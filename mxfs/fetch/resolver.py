@@ -1,7 +1,9 @@
 """Node-side model resolution: asks the server, remembers manifests on local disk so a
 restarted daemon can keep serving cached files while the server is away. A name the server
 does not know is remembered for a while (``misses``), so repeated lookups of missing names
-cost no request; the per-name locks live only while someone waits on them."""
+cost no request; the per-name locks live only while someone waits on them. A server that is
+only slow or briefly unreachable (a link saturated by block traffic, a restart) is asked again
+a bounded number of times before a lookup fails, unless a stored manifest can answer now."""
 
 from __future__ import annotations
 
@@ -23,6 +25,9 @@ from mxfs.misses import RecentMisses
 from mxfs.rpc.client import MxfsClient
 
 log = logging.getLogger(__name__)
+
+MANIFEST_ATTEMPTS = 3
+RETRY_DELAY_S = 0.5  # doubled after each failed attempt
 
 
 class ManifestResolver:
@@ -63,24 +68,39 @@ class ManifestResolver:
             if missing is not None:
                 raise ModelNotFound(missing)
             try:
-                manifest = await in_thread(
-                    self.client.get_manifest, ref.name, ref.revision, limiter=self.limiter, abandon=True
-                )
+                manifest, fresh = await self._ask_server(ref)
             except ModelNotFound as exc:
                 self.misses.add(ref, str(exc))
                 raise
-            except BlockUnavailable as exc:
-                manifest = await in_thread(self._load, ref)
-                if manifest is None:
-                    raise
-                log.warning("server unavailable (%s); using the stored manifest of %s", exc, ref)
-            else:
+            if fresh:
                 try:
                     await in_thread(self._save, ref, manifest)
                 except OSError as exc:  # e.g. a full disk: serve it now, it is only not remembered
                     self.faults.report("manifest", exc, ref)
             self._resolved[ref] = manifest
             return manifest
+
+    async def _ask_server(self, ref: ModelRef) -> tuple[Manifest, bool]:
+        """``(manifest, fresh)``: the server's manifest for ``ref`` (fresh), or after a transient
+        failure (``BlockUnavailable``) the stored one at once; without one, the server is asked again."""
+        delay = RETRY_DELAY_S
+        for attempt in range(1, MANIFEST_ATTEMPTS + 1):
+            try:
+                return await in_thread(
+                    self.client.get_manifest, ref.name, ref.revision, limiter=self.limiter, abandon=True
+                ), True
+            except BlockUnavailable as exc:
+                stored = await in_thread(self._load, ref)
+                if stored is not None:
+                    log.warning("server unavailable (%s); using the stored manifest of %s", exc, ref)
+                    return stored, False
+                if attempt == MANIFEST_ATTEMPTS:
+                    raise
+                log.warning("manifest of %s: %s; asking again in %.1f s (%d/%d)",
+                            ref, exc, delay, attempt, MANIFEST_ATTEMPTS)
+                await trio.sleep(delay)
+                delay *= 2
+        raise AssertionError("unreachable")
 
     def _paths(self, name: str, revision: str) -> tuple[Path, Path]:
         return path_under(self.dir, name, f"{revision}.json"), path_under(self.dir, name, "refs", revision)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import signal
 import ssl
-import threading
 from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from mxfs.server.datahttp import RangeServer
 from mxfs.server.metrics import ServerMetrics
 from mxfs.server.model_cache import build_remote_origins
 from mxfs.server.service import HEALTH_SERVICE_NAME, SERVICE_NAME, HealthServicer, MxfsServicer, add_to_server
+from mxfs.stopsignal import wait_for_stop_signal
 from mxfs.weight_sources import service as p2p_service
 
 log = logging.getLogger(__name__)
@@ -145,10 +145,7 @@ def run(config: ServerConfig) -> int:
     """Run until SIGTERM/SIGINT."""
     server = Server(config)
     server.start()
-    done = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: done.set())
-    done.wait()
-    log.info("shutting down")
+    signum = wait_for_stop_signal()
+    log.info("%s: shutting down", signal.Signals(signum).name)
     server.stop()
     return 0

@@ -25,12 +25,34 @@ def require_netns() -> None:
     missing("netns", f"emulated fleet: {why}")
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator:
+    """A failed fleet test's report carries the last log lines of every process of its fleets."""
+    outcome = yield
+    report = outcome.get_result()
+    fleets: list[NetFleet] = getattr(item, "fleets", [])
+    if report.when == "call" and report.failed and fleets:
+        report.sections.append(("fleet logs", fleet_logs(fleets)))
+
+
+def fleet_logs(fleets: list[NetFleet], lines: int = 40) -> str:
+    out = []
+    for fleet in fleets:
+        for member in [fleet.server, *fleet.nodes]:
+            if member is not None:
+                tail = member.log().splitlines()[-lines:]
+                out += [f"----- {member.name} ({member.ip}): last {len(tail)} log lines -----", *tail]
+    return "\n".join(out)
+
+
 @pytest.fixture
-def net_fleet(tmp_path: Path) -> Iterator:
-    """Factory: ``make(rate_mbit=...)`` -> a NetFleet; every fleet is closed after the test."""
+def net_fleet(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator:
+    """Factory: ``make(rate_mbit=...)`` -> a NetFleet; every fleet is closed after the test
+    (a failed test's report shows the logs of its processes)."""
     require_netns()
     sweep_stale()
     fleets: list[NetFleet] = []
+    request.node.fleets = fleets
 
     def make(rate_mbit: float = 200.0) -> NetFleet:
         fleet = NetFleet(tmp_path / f"fleet{len(fleets)}", rate_mbit=rate_mbit)

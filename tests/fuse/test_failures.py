@@ -230,3 +230,48 @@ def test_hostile_safetensors_and_bad_names_give_clear_errors(tmp_path, start_ser
         os.stat(daemon.mountpoint / "bad" / "model")
     assert info.value.errno == errno.EIO
     assert shutil.which("fusermount3")
+
+
+def test_manifest_asked_again_after_a_stalled_server_then_failing_clearly(start_server, tmp_path, caplog):
+    """A server that stalls past the deadline is asked again (the lookup succeeds once it answers);
+    one that never answers fails after the bounded attempts, with no stored manifest to fall back on."""
+    import trio
+
+    from mxfs.errors import BlockUnavailable
+    from mxfs.fetch import resolver as resolver_mod
+    from mxfs.fetch.resolver import ManifestResolver
+    from mxfs.manifest.names import parse_model_ref
+    from mxfs.rpc.client import MxfsClient
+
+    server = start_server()
+    ref = parse_model_ref(MODEL)
+    retries = lambda: sum("asking again" in r.getMessage() for r in caplog.records)  # noqa: E731
+
+    async def resolve_while_stalled(resume: bool) -> object:
+        resolver = ManifestResolver(MxfsClient(server.address, timeout_s=1.0), tmp_path / f"state-{resume}",
+                                    trio.CapacityLimiter(2))
+        result: list[object] = []
+
+        async def ask() -> None:
+            try:
+                result.append(await resolver.resolve(ref))
+            except BlockUnavailable as exc:
+                result.append(exc)
+
+        with hung(server), trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(ask)
+                while resume and retries() == 0 and not result:
+                    await trio.sleep(0.02)
+                if resume:
+                    os.kill(server.proc.pid, signal.SIGCONT)
+        return result[0]
+
+    caplog.set_level("WARNING", logger="mxfs.fetch.resolver")
+    manifest = trio.run(resolve_while_stalled, True)
+    assert getattr(manifest, "name", None) == MODEL, manifest
+    assert retries() >= 1
+    caplog.clear()
+    failed = trio.run(resolve_while_stalled, False)
+    assert isinstance(failed, BlockUnavailable), failed
+    assert retries() == resolver_mod.MANIFEST_ATTEMPTS - 1

@@ -1,0 +1,30 @@
+"""Wait in the main thread for SIGTERM or SIGINT (servers that run in threads)."""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def wait_for_stop_signal(poll_s: float = 0.5) -> int:
+    """Block until SIGTERM or SIGINT; returns the signal's number.
+
+    The kernel may hand a process-wide signal to any of its threads (for example when the
+    main thread is still stopped after SIGSTOP/SIGCONT), and Python runs the handler only
+    once the main thread runs bytecode again: an untimed wait could then sleep through it
+    (seen: a server that ignored SIGTERM after a SIGCONT). So the wait wakes every ``poll_s``.
+    """
+    got: list[int] = []
+    done = threading.Event()
+
+    def handler(signum: int, _frame: object) -> None:
+        got.append(signum)
+        done.set()
+
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, handler)
+    while not done.wait(poll_s):
+        pass
+    return got[0]
