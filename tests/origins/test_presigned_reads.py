@@ -208,3 +208,41 @@ def test_s3rver_ranges_by_presigned_get_match_botocore(s3_env, s3_model: str, mo
             body.fill(memoryview(buf))
         assert bytes(buf) == data[offset:offset + length] == store.get_range(key, offset, length, etag)
     assert store.presigned_reads  # still on the presigned path
+
+
+def test_presigned_reads_over_https_verify_like_the_client(tmp_path: Path) -> None:
+    import ssl
+
+    import boto3
+    from botocore.config import Config
+
+    from tests.support.tls import make_tls
+
+    tls = make_tls(tmp_path / "tls")
+    _FakeS3.connections, _FakeS3.requests = 0, []
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _FakeS3)
+    httpd.daemon_threads = True
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(tls.cert, tls.key)
+    httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    endpoint = f"https://127.0.0.1:{httpd.server_address[1]}"
+
+    def store(verify: str | None) -> S3Store:
+        client = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="k", aws_secret_access_key="s",
+                              region_name="us-east-1", verify=verify,
+                              config=Config(retries={"max_attempts": 1}, signature_version="s3v4"))
+        return S3Store("bucket", client=client)
+
+    try:
+        trusted = store(str(tls.ca))
+        assert _read(trusted, "ok", BS + 3, 2 * BS) == DATA[BS + 3:3 * BS + 3]
+        assert _read(trusted, "ok", 0, BS) == DATA[:BS]
+        assert trusted.presigned_reads and _FakeS3.connections == 1
+        with pytest.raises(OriginUnavailable, match="early"):
+            _read(trusted, "cut", BS, 2 * BS)
+        with pytest.raises(OriginUnavailable, match="CERTIFICATE_VERIFY_FAILED"):
+            _read(store(None), "ok", 0, BS)  # the system CAs do not know the test CA
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
