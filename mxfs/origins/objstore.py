@@ -20,7 +20,17 @@ from mxfs import envs
 from mxfs.errors import InvalidModelName, ModelNotFound, OriginDenied, SourceError
 from mxfs.manifest.names import DEFAULT_REVISION, is_commit, validate_name, validate_relpath
 from mxfs.manifest.validate import check_size
-from mxfs.origins.remote import OriginUnavailable, RemoteFile, Snapshot, check_range, listing_revision
+from mxfs.origins import presigned
+from mxfs.origins.presigned import PresignedReader
+from mxfs.origins.remote import (
+    BytesBody,
+    OriginUnavailable,
+    RangeBody,
+    RemoteFile,
+    Snapshot,
+    check_range,
+    listing_revision,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +54,14 @@ class ObjectStore(Protocol):
     def get_range(self, key: str, offset: int, length: int, etag: str) -> bytes: ...
 
 
+class StreamsRanges(Protocol):
+    """A store that can hand a range to the caller's buffers without a copy (optional)."""
+
+    def open_range(self, key: str, offset: int, length: int, etag: str) -> RangeBody:
+        """The ``length`` bytes of ``key`` at ``offset`` as a body; raises as ``get_range``."""
+        ...
+
+
 # -- S3 -------------------------------------------------------------------------------------
 
 _S3_DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403", "Forbidden",
@@ -63,9 +81,11 @@ class S3Store:
 
             client = boto3.client("s3", config=Config(
                 max_pool_connections=max_connections, retries={"max_attempts": 3, "mode": "standard"},
-                connect_timeout=10, read_timeout=60))
+                connect_timeout=10, read_timeout=60, signature_version="s3v4"))
         self._s3 = client
         self.endpoint = client.meta.endpoint_url
+        # block reads: botocore signs, the body goes straight into the caller's buffer
+        self._presigned = PresignedReader(client, bucket) if presigned.usable(client, self.endpoint) else None
 
     @contextmanager
     def _errors(self, what: str) -> Iterator[None]:
@@ -132,6 +152,30 @@ class S3Store:
         if len(data) != length:
             raise OriginUnavailable(f"{self.endpoint} sent {len(data)} of {length} bytes of {what}")
         return data
+
+    @property
+    def presigned_reads(self) -> bool:
+        """Whether ``open_range`` reads by presigned GET (else through botocore's ``get_object``)."""
+        return self._presigned is not None
+
+    def open_range(self, key: str, offset: int, length: int, etag: str) -> RangeBody:
+        """``get_range`` as a body read straight into the caller's buffers (a presigned GET: one
+        copy, no botocore call per read); what that path does not handle (a refusal, a
+        redirect) goes through ``get_range``, with its errors."""
+        what = f"s3://{self.bucket}/{key}@{offset}+{length}"
+        fast = self._presigned
+        if fast is not None:
+            try:
+                with self._errors(what):  # signing
+                    return fast.open(key, offset, length, etag)
+            except presigned.NotPlain as exc:
+                refused = exc
+        body = BytesBody(self.get_range(key, offset, length, etag), length, what)
+        if fast is not None and refused.status < 500 and refused.status != 429:
+            # botocore managed what the plain GET could not (a redirect, say): stay with it
+            log.info("reading s3://%s through botocore from now on: a presigned GET got %s", self.bucket, refused)
+            self._presigned = None
+        return body
 
 
 # -- GCS and Azure (same contract; SDKs imported only when such a URI is used) ----------------
@@ -332,3 +376,12 @@ class ObjectStoreSource:
         if length == 0:
             return b""
         return self.store.get_range(self.model_prefix(snapshot.name) + f.path, offset, length, f.etag)
+
+    def open_range(self, snapshot: Snapshot, path: str, offset: int, length: int) -> RangeBody:
+        """``read`` as a body taken straight into the caller's buffers where the store can."""
+        f = check_range(snapshot, path, offset, length)
+        key = self.model_prefix(snapshot.name) + f.path
+        opener = getattr(self.store, "open_range", None)
+        if opener is None or not length:
+            return BytesBody(self.store.get_range(key, offset, length, f.etag) if length else b"", length, key)
+        return opener(key, offset, length, f.etag)

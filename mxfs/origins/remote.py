@@ -80,6 +80,50 @@ class RemoteSource(Protocol):
         """Exactly ``length`` bytes at ``offset`` of ``path`` in ``snapshot``, or raise."""
         ...
 
+    # optional: ``open_range(snapshot, path, offset, length) -> RangeBody``, the same bytes
+    # received straight into the caller's buffers (object stores); callers fall back to ``read``
+
+
+class RangeBody(Protocol):
+    """Bytes of one ranged read, taken in order into the caller's buffers; close it after use."""
+
+    def fill(self, view: memoryview) -> None:
+        """The next ``len(view)`` bytes into ``view``, or raise (``OriginUnavailable`` when the
+        body ends early or the transfer fails)."""
+        ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> RangeBody: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
+class BytesBody:
+    """A :class:`RangeBody` over bytes already read (origins without a streaming read)."""
+
+    def __init__(self, data: bytes, length: int, what: str) -> None:
+        if len(data) != length:
+            raise OriginUnavailable(f"origin sent {len(data)} of {length} bytes of {what}")
+        self._data = memoryview(data)
+        self._pos = 0
+
+    def fill(self, view: memoryview) -> None:
+        end = self._pos + len(view)
+        if end > len(self._data):
+            raise ValueError(f"{len(view)} bytes asked, {len(self._data) - self._pos} left")
+        view[:] = self._data[self._pos:end]
+        self._pos = end
+
+    def close(self) -> None:
+        self._data.release()
+
+    def __enter__(self) -> BytesBody:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 def listing_revision(files: list[RemoteFile] | tuple[RemoteFile, ...]) -> str:
     """A commit-shaped (40-hex) revision of an object listing: paths, sizes and ETags."""

@@ -196,8 +196,9 @@ class RangeHandler(BaseHTTPRequestHandler):
                 pos += len(data)
 
     def _send_lazy(self, origin, manifest, f, offset: int, length: int) -> None:
-        """A lazy file's range block by block: ``sendfile`` from the server's block store
-        (each block verified once by the store, pinned while it is sent)."""
+        """A lazy file's range block by block, each pinned while it is sent: from the buffer
+        it was just received and hashed in, else ``sendfile`` from the server's block store
+        (verified once when read back)."""
         bs, end = manifest.block_size, offset + length
         try:
             for index in f.blocks_for(offset, length, bs):

@@ -324,7 +324,14 @@ class ModelCache:
     def origin_reader(self, source: RemoteSource, manifest: Manifest, path: str) -> OriginRead:
         """Reads of one file of a lazy snapshot at its origin (pinned to the listing's version)."""
         snap = source.snapshot(manifest.name, manifest.revision)
-        return lambda offset, length: source.read(snap, path, offset, length)
+
+        def read(offset: int, length: int) -> bytes:
+            return source.read(snap, path, offset, length)
+
+        opener = getattr(source, "open_range", None)
+        if opener is not None:  # origins whose bytes go straight into the blocks' buffers (object stores)
+            read.open = lambda offset, length: opener(snap, path, offset, length)  # type: ignore[attr-defined]
+        return read
 
     def _used(self, source: RemoteSource, manifest: Manifest) -> None:
         """Record a use; a snapshot evicted meanwhile is resolved again (so it is tracked and
@@ -343,7 +350,7 @@ class ModelCache:
                                       self.origin_reader(source, manifest, entry.path), manifest.block_hash)
 
     def pinned_lazy_block(self, source: RemoteSource, manifest: Manifest, entry: FileEntry,
-                          index: int) -> AbstractContextManager[tuple[Path, int, int] | bytes]:
+                          index: int) -> AbstractContextManager[tuple[Path, int, int] | memoryview]:
         """A verified lazy block to send (see ``OriginBlocks.pinned_block``)."""
         self._used(source, manifest)
         return self.blocks.pinned_block(entry, manifest.block_size, index,
@@ -502,9 +509,10 @@ class HydratingOrigin:
         return local
 
     def lazy_block(self, manifest: Manifest, path: str, index: int
-                   ) -> AbstractContextManager[tuple[Path, int, int] | bytes] | None:
+                   ) -> AbstractContextManager[tuple[Path, int, int] | memoryview] | None:
         """For a lazy file: its verified block ``index`` to send (pinned while the context
-        is open), as (stored blob, offset, length) or bytes. None for a file on disk."""
+        is open), as a view of it in memory or (stored blob, offset, length). None for a
+        file on disk."""
         entry = manifest.file(validate_relpath(path))
         if not entry.lazy:
             return None

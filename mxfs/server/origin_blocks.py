@@ -5,10 +5,13 @@ A remote snapshot's manifest is built from the origin's listing (see
 someone needs them. This module is where those blocks come from on the server:
 
 * a block that is needed (``GetBlockHashes``, a range read, a stream, a hydration) is
-  read from the origin once, hashed, stored in a content-addressed, bounded
-  :class:`~mxfs.cache.blocks.BlockCache` and its hash in a small sqlite table;
-* concurrent needs of one block share one origin read (single flight), several missing
-  blocks are read in parallel on the origin pool;
+  read from the origin once, straight into a reused buffer (:mod:`mxfs.server.block_memory`),
+  hashed there, its hash kept in a small sqlite table, the bytes written from the buffer
+  (``O_DIRECT``) to a content-addressed, bounded :class:`~mxfs.cache.blocks.BlockCache`
+  and sent to nodes from the buffer while it holds them;
+* concurrent needs of one block share one origin read (single flight); missing blocks are
+  read in parallel on the origin pool, consecutive ones by one ranged read; a hydration
+  walking a file by windows of hashes has the next window read ahead;
 * a block read back from the store is checked against its stored hash (the store may be
   shared on disk with another replica, or damaged); a block re-read from the origin must
   match the hash recorded before (the origin object is pinned; a change is an error);
@@ -20,8 +23,11 @@ Hashes outlive evicted bytes and restarts, so a node asking again moves nothing.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -31,19 +37,45 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from mxfs.cache.blocks import BlockCache
-from mxfs.cache.memory import HotBlocks
+from mxfs.cache.punch import punch_hole
 from mxfs.errors import IntegrityError
 from mxfs.manifest import hashing
 from mxfs.manifest.model import BlockKey, FileEntry
-from mxfs.origins.remote import OriginUnavailable
+from mxfs.origins.remote import BytesBody, OriginUnavailable, RangeBody
+from mxfs.server.block_memory import BlockMemory
 
 log = logging.getLogger(__name__)
 
-HOT_BYTES = 64 * 1024 * 1024
 READ_RETRIES = 3
 
-#: ``read(offset, length) -> bytes`` of one pinned origin file
+#: bytes in reused buffers for blocks just read from origins (received, hashed, stored and sent from there)
+HOT_BYTES = 128 * 1024 * 1024
+#: offsets and lengths of ``O_DIRECT`` writes are multiples of this (covers 512 and 4096 byte sectors)
+DIRECT_ALIGN = 4096
+
+#: one origin read takes consecutive missing blocks up to this many bytes (s3rver measured ~1.5 ms
+#: of CPU per request besides the bytes; S3 itself suggests 8-16 MiB ranged GETs) ...
+READ_BYTES = 8 * 1024 * 1024
+#: ... but a window of blocks is cut into at least this many reads, so it still moves in parallel
+READ_PARALLEL = 4
+
+#: a hash ask of at least this many blocks that follows the previous one of its file reads the next
+#: window ahead (hydrations ask 8 at a time; one tensor's read asks fewer and never reads ahead) ...
+READ_AHEAD_MIN_BLOCKS = 4
+#: ... while blocks in flight stay within this share of ``hot``
+READ_AHEAD_SHARE = 0.5
+
+#: ``read(offset, length) -> bytes`` of one pinned origin file; it may also have
+#: ``open(offset, length) -> RangeBody``, whose bytes go straight into the caller's buffers
 OriginRead = Callable[[int, int], bytes]
+
+
+def open_body(read: OriginRead, offset: int, length: int) -> RangeBody:
+    """The origin bytes ``[offset, offset+length)`` as a body to ``fill`` buffers from."""
+    opener = getattr(read, "open", None)
+    if opener is not None:
+        return opener(offset, length)
+    return BytesBody(read(offset, length), length, f"origin range {offset}+{length}")
 
 
 class BlockHashStore:
@@ -126,25 +158,33 @@ class BlockHashStore:
 class OriginBlocks:
     """The server's store of lazily fetched origin blocks (thread-safe, blocking calls).
 
-    Every method takes the block hash ``algorithm`` of the manifest it serves. A block is
-    hashed when it arrives from the origin and once more when this process first reads it
-    back from the store (the store may be shared or damaged); after that it is served as
-    stored, with ``sendfile`` where the caller can (``pinned_block``): nodes verify every
-    block they receive, so the server does not hash a block again on every serve.
+    Every method takes the block hash ``algorithm`` of the manifest it serves. A block read
+    from the origin is received into a reused buffer of ``hot`` (:class:`BlockMemory`),
+    hashed there once, then written from it to the store (``O_DIRECT`` where the
+    filesystem allows: no page cache is filled with bytes that are about to be sent from
+    memory anyway) and sent to nodes from it (``pinned_block``). A block only in the store
+    is hashed once more when this process first reads it back (the store may be shared or
+    damaged); after that it is sent with ``sendfile`` as stored: nodes verify every block
+    they receive, so the server does not hash a block again on every serve.
     """
 
     def __init__(self, root: Path, pool: ThreadPoolExecutor, limit_bytes: int,
-                 on_origin_bytes: Callable[[int], None] | None = None) -> None:
+                 on_origin_bytes: Callable[[int], None] | None = None, memory_bytes: int = HOT_BYTES,
+                 direct_io: bool = True, read_bytes: int = READ_BYTES) -> None:
         self.root = Path(root)
         self.store = BlockCache(self.root / "blocks", limit_bytes)
         self.hashes = BlockHashStore(self.root / "block-hashes.sqlite3")
-        self.hot = HotBlocks(HOT_BYTES)
+        self.hot = BlockMemory(memory_bytes)
         self.hashed = 0  # blocks hashed by this process (origin reads + store checks), for tests
+        self.direct_io = direct_io  # turned off for good where the filesystem refuses O_DIRECT
+        self.read_bytes = read_bytes
         self._pool = pool
         self._on_origin_bytes = on_origin_bytes or (lambda _n: None)
         self._lock = threading.Lock()
-        self._flights: dict[BlockKey, Future[bytes]] = {}
+        self._flights: dict[BlockKey, Future[None]] = {}
         self._checked: set[tuple[BlockKey, str]] = set()  # stored bytes known to match their digest
+        #: per file being walked by window-sized asks: (end of the furthest ask, end of what was read ahead)
+        self._streams: dict[tuple[str, int, str], tuple[int, int]] = {}
         self.store.listeners.append(self._on_store_change)
 
     def _on_store_change(self, added: list[BlockKey], removed: list[BlockKey]) -> None:
@@ -154,7 +194,7 @@ class OriginBlocks:
                     for algorithm in hashing.ALGORITHMS:
                         self._checked.discard((key, algorithm))
 
-    def _digest(self, algorithm: str, data: bytes) -> bytes:
+    def _digest(self, algorithm: str, data: hashing.Buffer) -> bytes:
         self.hashed += 1
         return hashing.block_digest(algorithm, data)
 
@@ -163,91 +203,255 @@ class OriginBlocks:
     def block(self, entry: FileEntry, block_size: int, index: int, read: OriginRead,
               algorithm: str = hashing.LEGACY) -> bytes:
         """Verified bytes of block ``index`` (from memory, the store, or the origin)."""
+        with self._view(entry, block_size, index, read, algorithm) as view:
+            return bytes(view)
+
+    @contextmanager
+    def _view(self, entry: FileEntry, block_size: int, index: int, read: OriginRead,
+              algorithm: str) -> Iterator[memoryview]:
+        """The verified bytes of a block, valid while the context is open."""
         key = entry.key(index, block_size)
-        offset, length = entry.block_span(index, block_size)
-        known = self.hashes.get(key, algorithm)  # None: never hashed under this algorithm, read the origin
-        if known is not None:
-            data = self.hot.get(key)
+        length = entry.block_span(index, block_size)[1]
+        for _ in range(READ_RETRIES):
+            slot = self.hot.take(key)
+            if slot is not None:
+                view = slot.view()
+                try:
+                    yield view
+                finally:
+                    view.release()
+                    self.hot.release(slot)
+                return
+            known = self.hashes.get(key, algorithm)  # None: never hashed under this algorithm
+            data = self._stored(key, length, known, algorithm) if known is not None else None
             if data is not None:
-                return bytes(data)
-            data = self.store.read(key, length)
-            if data is not None:
-                with self._lock:
-                    checked = (key, algorithm) in self._checked
-                if checked or self._digest(algorithm, data) == known:
-                    with self._lock:
-                        self._checked.add((key, algorithm))
-                    self.hot.put(key, data)
-                    return data
-                log.warning("stored origin block %s is corrupt; reading it from the origin again", key)
-                self.store.discard(key)
-        with self._lock:
-            flight = self._flights.get(key)
-            owner = flight is None
-            if owner:
-                flight = self._flights[key] = Future()
-        assert flight is not None
-        if not owner:
-            return flight.result()
-        try:
-            data = self._from_origin(read, offset, length, key)
-            digest = self._digest(algorithm, data)
-            if known is not None and digest != known:
-                raise IntegrityError(f"origin block {key} of {entry.path} changed: its bytes no longer match "
-                                     "the hash recorded when it was first read")
-            try:  # not marked checked: the first read back from the store verifies what landed on disk
-                self.store.put(key, data)
-            except OSError as exc:  # e.g. ENOSPC: the bytes are still served
-                log.warning("cannot store origin block %s: %s", key, exc)
-            if known is None:
-                self.hashes.put(key, digest, algorithm)
-            self.hot.put(key, data)
-            flight.set_result(data)
-            return data
-        except BaseException as exc:
-            flight.set_exception(exc)
-            raise
-        finally:
-            with self._lock:
-                self._flights.pop(key, None)
+                yield memoryview(data)
+                return
+            self._start(entry, block_size, [index], read, algorithm)[0].result()
+        raise OriginUnavailable(f"block {key} of {entry.path} could be neither kept nor stored; try again")
 
     @contextmanager
     def pinned_block(self, entry: FileEntry, block_size: int, index: int, read: OriginRead,
-                     algorithm: str = hashing.LEGACY) -> Iterator[tuple[Path, int, int] | bytes]:
-        """(blob path, offset, length) of a verified stored block, pinned (not evicted) while
-        the caller sends it; or the verified bytes when the store could not keep them."""
+                     algorithm: str = hashing.LEGACY) -> Iterator[tuple[Path, int, int] | memoryview]:
+        """A verified block to send, not evicted or reused while the context is open: a view
+        of it in memory, or (blob path, offset, length) of its checked copy in the store."""
         key = entry.key(index, block_size)
+        offset, length = entry.block_span(index, block_size)
         self.store.pin(key)
         try:
-            with self._lock:
-                checked = (key, algorithm) in self._checked
-            data = None
-            if not (checked and self.store.contains(key)):
-                data = self.block(entry, block_size, index, read, algorithm)
-                with self._lock:
-                    checked = (key, algorithm) in self._checked
-            if checked and self.store.contains(key):
-                offset, length = entry.block_span(index, block_size)
-                yield self.store.blob_path(key.sha256), offset, length
-            else:
-                yield data if data is not None else self.block(entry, block_size, index, read, algorithm)
+            for _ in range(READ_RETRIES):
+                slot = self.hot.take(key)
+                if slot is not None:
+                    view = slot.view()
+                    try:
+                        yield view
+                        self.hot.mark_sent(key)
+                    finally:
+                        view.release()
+                        self.hot.release(slot)
+                    return
+                known = self.hashes.get(key, algorithm)
+                if known is not None and self.store.contains(key) and (
+                        self._is_checked(key, algorithm) or self._stored(key, length, known, algorithm) is not None):
+                    yield self.store.blob_path(key.sha256), offset, length
+                    return
+                self._start(entry, block_size, [index], read, algorithm)[0].result()
+            raise OriginUnavailable(f"block {key} of {entry.path} could be neither kept nor stored; try again")
         finally:
             self.store.unpin(key)
 
-    def _from_origin(self, read: OriginRead, offset: int, length: int, key: BlockKey) -> bytes:
-        for attempt in range(READ_RETRIES):
+    def _is_checked(self, key: BlockKey, algorithm: str) -> bool:
+        with self._lock:
+            return (key, algorithm) in self._checked
+
+    def _stored(self, key: BlockKey, length: int, known: bytes, algorithm: str) -> bytes | None:
+        """The store's bytes of ``key`` when they match ``known`` (checked once per process)."""
+        data = self.store.read(key, length)
+        if data is None:
+            return None
+        if self._is_checked(key, algorithm) or self._digest(algorithm, data) == known:
+            with self._lock:
+                self._checked.add((key, algorithm))
+            return data
+        log.warning("stored origin block %s is corrupt; reading it from the origin again", key)
+        self.store.discard(key)
+        return None
+
+    def _start(self, entry: FileEntry, block_size: int, indices: list[int], read: OriginRead,
+               algorithm: str) -> list[Future[None]]:
+        """The single flights of blocks ``indices``; the blocks without one are read from the
+        origin on the pool, consecutive ones by one ranged read of up to ``read_bytes``. A
+        flight resolves once its verified block is in ``hot`` and the store."""
+        flights: list[Future[None]] = []
+        mine: list[int] = []
+        with self._lock:
+            for i in indices:
+                key = entry.key(i, block_size)
+                flight = self._flights.get(key)
+                if flight is None:
+                    flight = Future()
+                    if self._present(key, algorithm):  # a flight that just ended brought it
+                        flight.set_result(None)
+                    else:
+                        self._flights[key] = flight
+                        mine.append(i)
+                flights.append(flight)
+        for run in self._runs(mine, block_size):
             try:
-                data = read(offset, length)
-                break
-            except OriginUnavailable as exc:
-                if attempt == READ_RETRIES - 1:
+                self._pool.submit(self._fetch_run, entry, block_size, run, read, algorithm)
+            except BaseException as exc:  # the pool is shut down
+                self._fail(entry, block_size, run, exc)
+        return flights
+
+    def _present(self, key: BlockKey, algorithm: str) -> bool:
+        """Whether ``key``'s bytes and its digest under ``algorithm`` are here (memory or store)."""
+        return (key in self.hot or self.store.contains(key)) and self.hashes.get(key, algorithm) is not None
+
+    def _runs(self, indices: list[int], block_size: int) -> list[list[int]]:
+        """``indices`` cut into runs of consecutive blocks, each at most ``read_bytes`` long,
+        and into at least ``min(len, READ_PARALLEL)`` runs so a window is still read in parallel."""
+        if not indices:
+            return []
+        longest = max(1, min(self.read_bytes // block_size, -(-len(indices) // READ_PARALLEL)))
+        runs: list[list[int]] = [[indices[0]]]
+        for i in indices[1:]:
+            if i == runs[-1][-1] + 1 and len(runs[-1]) < longest:
+                runs[-1].append(i)
+            else:
+                runs.append([i])
+        return runs
+
+    def _settle(self, key: BlockKey, exc: BaseException | None) -> None:
+        with self._lock:
+            flight = self._flights.pop(key, None)
+        if flight is None:
+            return
+        if exc is None:
+            flight.set_result(None)
+        else:
+            flight.set_exception(exc)
+
+    def _fail(self, entry: FileEntry, block_size: int, indices: list[int], exc: BaseException) -> None:
+        for i in indices:
+            self._settle(entry.key(i, block_size), exc)
+
+    def _fetch_run(self, entry: FileEntry, block_size: int, run: list[int], read: OriginRead,
+                   algorithm: str) -> None:
+        """On the pool: one ranged origin read of consecutive blocks, block by block into
+        ``hot``'s buffers (received, hashed, published, stored), retried where it broke off."""
+        known = self.hashes.get_range(entry.sha256, block_size, run[0], run[-1] + 1, algorithm)
+        pending = list(run)
+        try:
+            for attempt in range(READ_RETRIES):
+                try:
+                    self._read_run(entry, block_size, pending, read, algorithm, known)
+                    return
+                except OriginUnavailable as exc:
+                    if attempt == READ_RETRIES - 1:
+                        raise
+                    log.warning("retrying origin blocks %d..%d of %s: %s", pending[0], pending[-1], entry.path, exc)
+                    time.sleep(0.5 * (attempt + 1))
+        except BaseException as exc:
+            self._fail(entry, block_size, pending, exc)
+
+    def _read_run(self, entry: FileEntry, block_size: int, pending: list[int], read: OriginRead, algorithm: str,
+                  known: dict[int, bytes]) -> None:
+        """Blocks ``pending`` (consecutive) from one origin read; each is taken off ``pending``
+        and its flight resolved as soon as it is verified and stored."""
+        offset = pending[0] * block_size
+        total = sum(entry.block_span(i, block_size)[1] for i in pending)
+        with open_body(read, offset, total) as body:
+            while pending:
+                index = pending[0]
+                key = entry.key(index, block_size)
+                length = entry.block_span(index, block_size)[1]
+                slot = self.hot.lend(block_size)
+                try:
+                    view = slot.view(length)
+                    try:
+                        body.fill(view)
+                        self._on_origin_bytes(length)
+                        digest = self._digest(algorithm, view)
+                        expected = known.get(index)
+                        if expected is not None and digest != expected:
+                            raise IntegrityError(f"origin block {key} of {entry.path} changed: its bytes no longer "
+                                                 "match the hash recorded when it was first read")
+                        if expected is None:
+                            self.hashes.put(key, digest, algorithm)
+                        self.hot.publish(key, slot, length)  # readers may send it while it is written
+                        # not marked checked: the first read back from the store verifies what landed on disk
+                        self._keep(key, view)
+                    finally:
+                        view.release()
+                finally:
+                    self.hot.release(slot)
+                pending.pop(0)
+                self._settle(key, None)
+
+    def _keep(self, key: BlockKey, data: memoryview) -> None:
+        """Write a verified block into the store and index it; on any failure nothing is
+        indexed and the bytes it may have written are punched out (the block stays in memory)."""
+        length, offset = len(data), key.index * key.block_size
+        if self.store.contains(key):
+            return
+        if not self.store.reserve(length):
+            log.warning("origin block store full (all pinned): not keeping %s", key)
+            return
+        try:
+            self._write(self.store.blob_path(key.sha256), offset, data)
+        except OSError as exc:
+            self.store.faults.report("write", exc, key)
+            self.store.release(length)
+            return
+        if not self.store.commit(key, length):
+            self._punch(key, length)
+
+    def _write(self, path: Path, offset: int, data: memoryview) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        direct = self.direct_io and offset % DIRECT_ALIGN == 0 and len(data) % DIRECT_ALIGN == 0
+        fd = self._open_blob(path, direct)
+        try:
+            try:
+                written = os.pwrite(fd, data, offset)
+            except OSError as exc:
+                if not direct or exc.errno != errno.EINVAL:
                     raise
-                log.warning("retrying origin block %s: %s", key, exc)
-                time.sleep(0.5 * (attempt + 1))
-        self._on_origin_bytes(len(data))
-        if len(data) != length:
-            raise OriginUnavailable(f"origin sent {len(data)} of {length} bytes of block {key}")
-        return data
+                log.info("origin block store: O_DIRECT writes refused here (%s); writing through the page cache",
+                         exc)
+                self.direct_io = False
+                os.close(fd)
+                fd = self._open_blob(path, False)
+                written = os.pwrite(fd, data, offset)
+            if written != len(data):
+                with contextlib.suppress(OSError):
+                    punch_hole(fd, offset, len(data))
+                raise OSError(errno.ENOSPC, f"short write to the block store ({written} of {len(data)} bytes)")
+        finally:
+            os.close(fd)
+
+    def _open_blob(self, path: Path, direct: bool) -> int:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC
+        if direct:
+            try:
+                return os.open(path, flags | os.O_DIRECT, 0o644)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                log.info("origin block store: O_DIRECT not supported here; writing through the page cache")
+                self.direct_io = False
+        return os.open(path, flags, 0o644)
+
+    def _punch(self, key: BlockKey, length: int) -> None:
+        try:
+            fd = os.open(self.store.blob_path(key.sha256), os.O_WRONLY | os.O_CLOEXEC)
+        except OSError:
+            return
+        try:
+            punch_hole(fd, key.index * key.block_size, length)
+        except OSError as exc:
+            log.warning("cannot punch the unindexed bytes of %s: %s", key, exc)
+        finally:
+            os.close(fd)
 
     # -- many blocks ----------------------------------------------------------------------
 
@@ -255,35 +459,59 @@ class OriginBlocks:
                keep: bool = True, algorithm: str = hashing.LEGACY) -> dict[int, bytes]:
         """Verified bytes of several blocks, the missing ones read from the origin in parallel.
 
-        ``keep=False`` returns nothing (the blocks are only made present).
+        ``keep=False`` returns nothing (the blocks are only made present, and their hashes known).
         """
-        todo = list(indices)
-        if len(todo) <= 1:
-            return {i: self.block(entry, block_size, i, read, algorithm) for i in todo}
-        futures = {i: self._pool.submit(self.block, entry, block_size, i, read, algorithm) for i in todo}
-        done, pending = wait(futures.values(), return_when=FIRST_EXCEPTION)
-        for fut in pending:
-            fut.cancel()
-        wait(pending)
+        todo = sorted(set(indices))
+        self._wait(self._start(entry, block_size, todo, read, algorithm))
+        return {i: self.block(entry, block_size, i, read, algorithm) for i in todo} if keep else {}
+
+    @staticmethod
+    def _wait(flights: list[Future[None]]) -> None:
+        """Wait for every flight; raise the first failure."""
+        done, _ = wait(flights, return_when=FIRST_EXCEPTION)
         for fut in done:
-            fut.result()  # raise the first failure
-        return {i: fut.result() for i, fut in futures.items()} if keep else {}
+            fut.result()
+        wait(flights)
+        for fut in flights:
+            fut.result()
+
+    def _read_ahead(self, entry: FileEntry, block_size: int, first: int, end: int, read: OriginRead,
+                    algorithm: str) -> None:
+        """After a window-sized ask of hashes near the previous one of the same file (a
+        hydration walking it) has been answered: start reading the window past the furthest
+        ask from the origin, so the origin is not idle until the next ask comes. Not waited
+        for; only while blocks in flight stay within ``READ_AHEAD_SHARE`` of ``hot``, so blocks
+        read but not yet sent are not pushed out. A file read elsewhere costs one window."""
+        count = end - first
+        if count < READ_AHEAD_MIN_BLOCKS:
+            return
+        stream = (entry.sha256, block_size, algorithm)
+        with self._lock:
+            asked, ahead = self._streams.pop(stream, (0, 0))
+            near = asked > 0 and asked - 2 * count <= first <= asked + count
+            asked = max(asked, end) if near else end
+            start = max(asked, ahead) if near else asked
+            stop = min(entry.block_count(block_size), asked + count)
+            room = (len(self._flights) + stop - start) * block_size <= self.hot.limit * READ_AHEAD_SHARE
+            go = near and start < stop and room
+            self._streams[stream] = (asked, stop if go else ahead if near else 0)
+            while len(self._streams) > 1024:
+                self._streams.pop(next(iter(self._streams)))
+        if go:
+            self._start(entry, block_size, list(range(start, stop)), read, algorithm)
 
     def read_range(self, entry: FileEntry, block_size: int, offset: int, length: int, read: OriginRead,
                    algorithm: str = hashing.LEGACY) -> bytes:
         """Bytes ``[offset, offset+length)`` of a lazy file, block by block."""
         indices = entry.blocks_for(offset, length, block_size)
-        if len(indices) == 1 and offset == indices[0] * block_size:
-            data = self.block(entry, block_size, indices[0], read, algorithm)  # a whole-block read: no copy
-            if len(data) == length:
-                return data
-        got = self.blocks(entry, block_size, indices, read, algorithm=algorithm)
+        if len(indices) > 1:
+            self.blocks(entry, block_size, indices, read, keep=False, algorithm=algorithm)
         out = bytearray()
         end = offset + length
         for i in indices:
             start = i * block_size
-            data = got[i]
-            out += data[max(offset, start) - start: min(end, start + len(data)) - start]
+            with self._view(entry, block_size, i, read, algorithm) as data:
+                out += data[max(offset, start) - start: min(end, start + len(data)) - start]
         return bytes(out)
 
     def block_hashes(self, entry: FileEntry, block_size: int, first: int, count: int, lookahead: int,
@@ -298,8 +526,9 @@ class OriginBlocks:
         known = self.hashes.get_range(entry.sha256, block_size, first, stop, algorithm)
         missing = [i for i in range(first, end) if i not in known]
         if missing:
-            self.blocks(entry, block_size, missing, read, keep=False, algorithm=algorithm)
+            self._wait(self._start(entry, block_size, missing, read, algorithm))
             known.update(self.hashes.get_range(entry.sha256, block_size, first, end, algorithm))
+        self._read_ahead(entry, block_size, first, end, read, algorithm)
         out = [known.get(i, b"") for i in range(first, stop)]
         if not all(out[: end - first]):
             raise IntegrityError(f"hashes of {entry.path} blocks {first}..{end - 1} were not recorded")
@@ -330,7 +559,8 @@ class OriginBlocks:
             return
         h = hashlib.sha256()
         for i in range(entry.block_count(block_size)):
-            h.update(self.block(entry, block_size, i, read, algorithm))
+            with self._view(entry, block_size, i, read, algorithm) as data:
+                h.update(data)
         if h.hexdigest() != entry.sha256:
             self.discard_file(entry, block_size, forget_hashes=True)
             raise IntegrityError(f"{entry.path}: the origin's bytes hash to {h.hexdigest()}, "

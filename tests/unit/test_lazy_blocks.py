@@ -18,6 +18,7 @@ from mxfs.errors import BlockUnavailable, IntegrityError
 from mxfs.fetch.chain import FetchChain
 from mxfs.fetch.hashes import BlockHashes
 from mxfs.fetch.stats import FetchStats
+from mxfs.manifest import hashing
 from mxfs.manifest.model import FileEntry, Manifest
 from mxfs.rpc.convert import manifest_from_pb, manifest_to_pb
 from mxfs.server.origin_blocks import OriginBlocks
@@ -183,3 +184,80 @@ def test_origin_blocks_fill_verifies_the_published_digest(store):
     with pytest.raises(IntegrityError, match="published sha256"):
         store.fill(lying, BS, Origin(DATA).read, 2, lambda _n: None)
     assert store.present_bytes(lying, BS) == 0  # forgotten, to be read again
+
+
+BIG = b"".join(hashlib.sha256(i.to_bytes(4, "little")).digest() for i in range(32 * BS // 32))  # 32 blocks
+
+
+class RecordingPool(ThreadPoolExecutor):
+    """Remembers every block asked of the origin (runs are submitted before an ask returns)."""
+
+    def __init__(self) -> None:
+        super().__init__(8)
+        self.asked: list[int] = []
+
+    def submit(self, fn, /, *args, **kwargs):
+        if getattr(fn, "__name__", "") == "_fetch_run":
+            self.asked += args[2]
+        return super().submit(fn, *args, **kwargs)
+
+
+def test_origin_blocks_read_one_window_ahead_of_a_hydration_only(tmp_path):
+    entry = FileEntry("big.bin", len(BIG), "12" * 32, ())
+    origin = Origin(BIG)
+    pool = RecordingPool()
+    store = OriginBlocks(tmp_path / "ob", pool, 1 << 30)
+    try:
+        for first in (0, 1, 2, 3):  # one block at a time (a reader): never more than asked
+            store.block_hashes(entry, BS, first, 1, 2, origin.read)
+        assert pool.asked == [0, 1, 2, 3]
+        store.block_hashes(entry, BS, 4, 8, 0, origin.read)  # a hydration's first window: nothing follows yet
+        assert pool.asked == list(range(12))
+        store.block_hashes(entry, BS, 12, 8, 0, origin.read)  # the next window: the one after it is read too
+        assert pool.asked == list(range(28))
+        assert store.block_hashes(entry, BS, 20, 8, 0, origin.read) == [
+            hashing.block_digest(hashing.LEGACY, BIG[i * BS:(i + 1) * BS]) for i in range(20, 28)]
+        assert pool.asked == list(range(32))  # read ahead to the end of the file, each block once
+        store.block_hashes(entry, BS, 1, 8, 0, origin.read)  # a jump back: known, nothing read
+        store.block_hashes(entry, BS, 28, 4, 0, origin.read)  # joins the reads ahead
+        assert pool.asked == list(range(32))
+        assert sorted(i for off, n in origin.reads for i in range(off // BS, (off + n) // BS)) == list(range(32))
+    finally:
+        store.close()
+        pool.shutdown()
+
+
+def test_origin_blocks_sends_a_fresh_block_from_memory_then_the_checked_store(store):
+    entry = _lazy_manifest().file("w.bin")
+    origin = Origin(DATA)
+    store.block_hashes(entry, BS, 1, 1, 0, origin.read)
+    hashed = store.hashed
+    with store.pinned_block(entry, BS, 1, origin.read) as got:
+        assert isinstance(got, memoryview) and bytes(got) == DATA[BS:2 * BS]
+    assert store.hashed == hashed  # no second hash for a block in memory
+    store.hot.clear()
+    with store.pinned_block(entry, BS, 1, origin.read) as got:
+        blob, offset, length = got
+        with open(blob, "rb") as fh:
+            fh.seek(offset)
+            assert fh.read(length) == DATA[BS:2 * BS]
+    assert store.hashed == hashed + 1 and len(origin.reads) == 1  # checked once as read back
+
+
+def test_origin_blocks_write_through_the_page_cache_where_o_direct_is_refused(store, monkeypatch):
+    import errno
+
+    real_open = os.open
+
+    def no_direct(path, flags, *args):
+        if flags & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "O_DIRECT not supported")
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", no_direct)
+    entry = _lazy_manifest().file("w.bin")
+    store.blocks(entry, BS, range(5), Origin(DATA).read, keep=False)
+    monkeypatch.undo()
+    assert not store.direct_io
+    assert store.store.blob_path(entry.sha256).read_bytes() == DATA
+    assert all(store.store.contains(entry.key(i, BS)) for i in range(5))
