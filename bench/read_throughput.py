@@ -15,7 +15,10 @@ Every row is a ratio to the raw path named beside it, both measured in this run:
 
 ``--no-passthrough`` runs the mount rows once more with passthrough switched off, where
 the mount has that option. Page cache drops need root (else rows say "not dropped").
-Usage: python bench/read_throughput.py [--size 1GiB] [--workdir DIR] [--block-size 4MiB]
+A disk read or copy here varies by tens of percent from one run to the next, so the whole
+set runs ``--rounds`` times (3); each ratio is taken within its round, and the table shows
+the median of each row (and the range of its ratio).
+Usage: python bench/read_throughput.py [--size 1GiB] [--rounds 3] [--workdir DIR] [--block-size 4MiB]
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import argparse
 import os
 import random
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -198,13 +202,21 @@ class Bench:
         finally:
             node.stop()
 
-    def table(self) -> str:
-        lines = [f"| {'row':<48} | {'compared with':<26} | {'GB/s':>7} | {'ratio':>6} |",
-                 f"|{'-' * 50}|{'-' * 28}|{'-' * 9}|{'-' * 8}|"]
-        for label, vs, value, ratio in self.rows:
-            v = "" if value is None else f"{value:7.2f}"
-            r = "" if ratio is None else f"{ratio:5.2f}x"
-            lines.append(f"| {label:<48} | {vs:<26} | {v:>7} | {r:>6} |")
+    def table(self, rounds: list[list[tuple[str, str, float | None, float | None]]]) -> str:
+        """One line per row: the median over ``rounds`` of its value and of its ratio."""
+        lines = [f"| {'row':<48} | {'compared with':<26} | {'GB/s':>7} | {'ratio':>6} | {'ratio range':>11} |",
+                 f"|{'-' * 50}|{'-' * 28}|{'-' * 9}|{'-' * 8}|{'-' * 13}|"]
+        by_label: dict[str, list[tuple[str, float | None, float | None]]] = {}
+        for rows in rounds:
+            for label, vs, value, ratio in rows:
+                by_label.setdefault(label, []).append((vs, value, ratio))
+        for label, seen in by_label.items():
+            values = [v for _, v, _ in seen if v is not None]
+            ratios = [r for _, _, r in seen if r is not None]
+            v = f"{statistics.median(values):7.2f}" if values else ""
+            r = f"{statistics.median(ratios):5.2f}x" if ratios else ""
+            spread = f"{min(ratios):.2f}-{max(ratios):.2f}" if len(ratios) > 1 else ""
+            lines.append(f"| {label:<48} | {seen[0][0]:<26} | {v:>7} | {r:>6} | {spread:>11} |")
         return "\n".join(lines)
 
 
@@ -220,6 +232,7 @@ def main() -> int:
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--no-passthrough", action="store_true",
                     help="also run every mount row with passthrough switched off")
+    ap.add_argument("--rounds", type=int, default=3, help="runs of the whole set (the table shows medians)")
     args = ap.parse_args()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="mxfs-bench-"))
     origin = work / "origin"
@@ -228,20 +241,26 @@ def main() -> int:
         generate_model(origin / MODEL, ModelShape.for_size(parse_size(args.size)), shard_bytes=512 << 20)
     bench = Bench(work, origin, parse_size(args.block_size), [])
     bench.server.start()
+    rounds: list[list[tuple[str, str, float | None, float | None]]] = []
     try:
-        bench.run("")
-        if args.no_passthrough:
-            if mount_has_option("--no-passthrough"):
-                bench.extra = ["--no-passthrough"]
-                bench.run(" [no passthrough]")
-            else:
-                bench.rows.append(("[no passthrough]", "mount has no such option", None, None))
+        for k in range(max(1, args.rounds)):
+            bench.rows, bench.extra = [], []
+            bench.run("")
+            if args.no_passthrough:
+                if mount_has_option("--no-passthrough"):
+                    bench.extra = ["--no-passthrough"]
+                    bench.run(" [no passthrough]")
+                else:
+                    bench.rows.append(("[no passthrough]", "mount has no such option", None, None))
+            rounds.append(bench.rows)
+            print(f"round {k + 1}: " + ", ".join(f"{label} {ratio:.2f}x" for label, _, _, ratio in bench.rows
+                                                 if ratio is not None and "cold" in label), file=sys.stderr)
     finally:
         bench.server.stop()
     size = sum(p.stat().st_size for p in (origin / MODEL).rglob("*") if p.is_file())
     print(f"\nmodel {size / 2**30:.2f} GiB, block size {args.block_size}, {os.cpu_count()} cores"
-          f"{'' if bench.dropped else ', PAGE CACHE NOT DROPPED (not root)'}; one run\n")
-    print(bench.table())
+          f"{'' if bench.dropped else ', PAGE CACHE NOT DROPPED (not root)'}; median of {len(rounds)} round(s)\n")
+    print(bench.table(rounds))
     return 0
 
 

@@ -317,6 +317,15 @@ class BlockCache:
         self._forget(victims)
         return True
 
+    def reserve_free(self, length: int) -> bool:
+        """``reserve`` when the room is free now (no eviction, no I/O: safe on the trio
+        thread); False, and nothing reserved, when making it would evict."""
+        with self._lock:
+            if self.used + length > self.limit:
+                return False
+            self.used += length
+            return True
+
     def release(self, length: int) -> None:
         """Give back room ``reserve``d for a write that did not happen."""
         with self._lock:

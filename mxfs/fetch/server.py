@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable
 
 import trio
 
@@ -64,12 +65,12 @@ class ServerTier:
         return self.client.read_range(manifest.name, manifest.revision, path, offset, length, self.timeout_s)
 
     def _read_to_file(self, manifest: Manifest, path: str, offset: int, length: int, fd: int,
-                      write_lock: threading.Lock) -> None:
+                      write_lock: threading.Lock, check: Callable[[], bool]) -> bool:
         http = self._data_plane()
         if http is not None:
             try:
                 http.read_range_to_file(manifest.name, manifest.revision, path, offset, length, fd, offset, write_lock)
-                return
+                return check()
             except BlockUnavailable as exc:
                 log.debug("data plane failed (%s); using gRPC", exc)
         data = memoryview(self.client.read_range(manifest.name, manifest.revision, path, offset, length,
@@ -78,15 +79,17 @@ class ServerTier:
             while data:
                 n = os.pwrite(fd, data, offset)
                 data, offset = data[n:], offset + n
+        return check()
 
     async def fetch_to_file(self, manifest: Manifest, entry: FileEntry, index: int, fd: int,
-                            write_lock: threading.Lock) -> None:
+                            write_lock: threading.Lock, check: Callable[[], bool]) -> bool:
         """Block ``index`` written to its place in ``fd`` (the blob being hydrated) by the
-        kernel, never through this process (unverified: the caller checks what landed).
-        Not abandoned on cancel: the thread writes to ``fd`` until it returns."""
+        kernel, never through this process; returns ``check()`` (the caller's verification
+        of what landed), run in the same worker thread. Not abandoned on cancel: the thread
+        writes to ``fd`` until it returns."""
         offset, length = entry.block_span(index, manifest.block_size)
-        await in_thread(self._read_to_file, manifest, entry.path, offset, length, fd, write_lock,
-                        limiter=self.limiter)
+        return await in_thread(self._read_to_file, manifest, entry.path, offset, length, fd, write_lock, check,
+                               limiter=self.limiter)
 
     async def fetch(self, manifest: Manifest, entry: FileEntry, index: int) -> bytearray:
         offset, length = entry.block_span(index, manifest.block_size)

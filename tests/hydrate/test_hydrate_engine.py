@@ -46,7 +46,7 @@ class IntoTier(BytesTier):
         self.active = 0
         self.peak = 0
 
-    async def fetch_to_file(self, manifest, entry, index, fd, write_lock):
+    async def fetch_to_file(self, manifest, entry, index, fd, write_lock, check):
         self.active += 1
         self.peak = max(self.peak, self.active)
         try:
@@ -55,6 +55,7 @@ class IntoTier(BytesTier):
             data = await self.fetch(manifest, entry, index)
             with write_lock:
                 os.pwrite(fd, data, entry.block_span(index, manifest.block_size)[0])
+            return check()
         finally:
             self.active -= 1
 
@@ -175,11 +176,12 @@ class KillingTier(ServerTier):
         super().__init__(*args)
         self.server, self.after, self.received = server, after, 0
 
-    async def fetch_to_file(self, manifest, entry, index, fd, write_lock):
-        await super().fetch_to_file(manifest, entry, index, fd, write_lock)
+    async def fetch_to_file(self, manifest, entry, index, fd, write_lock, check):
+        ok = await super().fetch_to_file(manifest, entry, index, fd, write_lock, check)
         self.received += 1
         if self.received == self.after:
             self.server.stop(kill=True)
+        return ok
 
 
 def test_a_server_that_vanishes_mid_hydration_leaves_an_incomplete_file_that_resumes(tmp_path, start_server,
@@ -234,9 +236,10 @@ def test_a_block_a_reader_fetched_meanwhile_lands_before_the_file_is_recorded(tm
             await trio.sleep(0.2)
             return await BytesTier.fetch(self, manifest, entry, index)
 
-        async def fetch_to_file(self, manifest, entry, index, fd, write_lock):  # hydration's: fast
+        async def fetch_to_file(self, manifest, entry, index, fd, write_lock, check):  # hydration's: fast
             os.pwrite(fd, await BytesTier.fetch(self, manifest, entry, index),
                       entry.block_span(index, manifest.block_size)[0])
+            return check()
 
     chain = _chain(tmp_path / "c", [SlowReads("server", DATA)])
     store = chain._store
