@@ -26,3 +26,15 @@ def read_all(root: Path) -> tuple[int, float]:
         finally:
             os.close(fd)
     return total, time.perf_counter() - start
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (and its reaped children) from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    """CPU seconds of this process so far (every thread)."""
+    t = os.times()
+    return t.user + t.system
