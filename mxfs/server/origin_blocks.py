@@ -581,5 +581,7 @@ class OriginBlocks:
             self.hashes.forget_file(entry.sha256, block_size)
 
     def close(self) -> None:
+        log.info("origin block buffers: %d MiB pooled (bound %d MiB), %d lent outside the bound",
+                 self.hot.pooled_bytes >> 20, self.hot.limit >> 20, self.hot.overflow)
         self.store.close()
         self.hashes.close()
