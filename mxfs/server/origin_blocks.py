@@ -298,9 +298,12 @@ class OriginBlocks:
                 flights.append(flight)
         for run in self._runs(mine, block_size):
             try:
-                self._pool.submit(self._fetch_run, entry, block_size, run, read, algorithm)
+                job = self._pool.submit(self._fetch_run, entry, block_size, run, read, algorithm)
             except BaseException as exc:  # the pool is shut down
                 self._fail(entry, block_size, run, exc)
+            else:  # a job cancelled by the pool's shutdown never runs: its waiters must not wait forever
+                job.add_done_callback(lambda job, run=run: job.cancelled() and self._fail(
+                    entry, block_size, run, OriginUnavailable("the server is stopping")))
         return flights
 
     def _present(self, key: BlockKey, algorithm: str) -> bool:
@@ -339,9 +342,9 @@ class OriginBlocks:
                    algorithm: str) -> None:
         """On the pool: one ranged origin read of consecutive blocks, block by block into
         ``hot``'s buffers (received, hashed, published, stored), retried where it broke off."""
-        known = self.hashes.get_range(entry.sha256, block_size, run[0], run[-1] + 1, algorithm)
         pending = list(run)
         try:
+            known = self.hashes.get_range(entry.sha256, block_size, run[0], run[-1] + 1, algorithm)
             for attempt in range(READ_RETRIES):
                 try:
                     self._read_run(entry, block_size, pending, read, algorithm, known)

@@ -20,6 +20,7 @@ from mxfs.fetch.hashes import BlockHashes
 from mxfs.fetch.stats import FetchStats
 from mxfs.manifest import hashing
 from mxfs.manifest.model import FileEntry, Manifest
+from mxfs.origins.remote import OriginUnavailable
 from mxfs.rpc.convert import manifest_from_pb, manifest_to_pb
 from mxfs.server.origin_blocks import OriginBlocks
 from tests.unit.test_cache_chain import BytesTier
@@ -192,8 +193,8 @@ BIG = b"".join(hashlib.sha256(i.to_bytes(4, "little")).digest() for i in range(3
 class RecordingPool(ThreadPoolExecutor):
     """Remembers every block asked of the origin (runs are submitted before an ask returns)."""
 
-    def __init__(self) -> None:
-        super().__init__(8)
+    def __init__(self, workers: int = 8) -> None:
+        super().__init__(workers)
         self.asked: list[int] = []
 
     def submit(self, fn, /, *args, **kwargs):
@@ -261,3 +262,44 @@ def test_origin_blocks_write_through_the_page_cache_where_o_direct_is_refused(st
     assert not store.direct_io
     assert store.store.blob_path(entry.sha256).read_bytes() == DATA
     assert all(store.store.contains(entry.key(i, BS)) for i in range(5))
+
+
+def test_origin_blocks_waiters_are_released_when_the_pool_stops(tmp_path):
+    """Reads queued behind busy workers are cancelled by a shutdown: their askers get an error."""
+    entry = FileEntry("big.bin", len(BIG), "34" * 32, ())
+    gate, started = threading.Event(), threading.Event()
+
+    def slow(offset: int, length: int) -> bytes:
+        started.set()
+        gate.wait(10)
+        return BIG[offset:offset + length]
+
+    pool = RecordingPool(workers=1)
+    store = OriginBlocks(tmp_path / "ob", pool, 1 << 30)
+    errors: list[BaseException] = []
+
+    def ask(first: int) -> None:
+        try:
+            store.block_hashes(entry, BS, first, 1, 0, slow)
+        except BaseException as exc:  # the test looks at what arrived
+            errors.append(exc)
+
+    askers = [threading.Thread(target=ask, args=(i,), daemon=True) for i in (0, 5)]
+    for t in askers:
+        t.start()
+    _wait_for(lambda: started.is_set() and sorted(pool.asked) == [0, 5], "a read running, another queued")
+    pool.shutdown(wait=False, cancel_futures=True)
+    gate.set()
+    for t in askers:
+        t.join(10)
+    assert not any(t.is_alive() for t in askers)
+    assert len(errors) == 1 and isinstance(errors[0], OriginUnavailable)
+    store.close()
+
+
+def _wait_for(cond, what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
