@@ -68,9 +68,16 @@ class ServerProc:
         return self
 
     def stop(self, kill: bool = False) -> None:
+        """SIGTERM (or SIGKILL) the server; one that ignores SIGTERM for 20 s fails the stop,
+        and is killed so that it does not outlive the test."""
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
-            self.proc.wait(timeout=20)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+                raise AssertionError(f"server did not exit within 20 s of SIGTERM: {self.log()[-2000:]}") from None
 
     def log(self) -> str:
         return self.log_path.read_text() if self.log_path and self.log_path.exists() else ""
@@ -227,4 +234,9 @@ class RedisProc:
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
-            self.proc.wait(timeout=10)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+                raise
