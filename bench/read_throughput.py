@@ -16,8 +16,9 @@ Every row is a ratio to the raw path named beside it, both measured in this run:
 ``--no-passthrough`` runs the mount rows once more with passthrough switched off, where
 the mount has that option. Page cache drops need root (else rows say "not dropped").
 A disk read or copy here varies by tens of percent from one run to the next, so the whole
-set runs ``--rounds`` times (3); each ratio is taken within its round, and the table shows
-the median of each row (and the range of its ratio).
+set runs ``--rounds`` times (3); each ratio is taken within its round (the raw dropped read
+again right before each row compared with it, the local copy right before the cold read),
+and the table shows the median of each row (and the range of its ratio).
 Usage: python bench/read_throughput.py [--size 1GiB] [--rounds 3] [--workdir DIR] [--block-size 4MiB]
 """
 
@@ -130,9 +131,14 @@ class Bench:
 
     def run(self, tag: str) -> None:
         model = self.origin / MODEL
+
+        def raw_dropped() -> tuple[int, float]:
+            """The raw origin read, page cache dropped, measured again right before each row
+            that compares with it: this disk's speed drifts by 2x within a minute."""
+            self.drop()
+            return read_all(model)
+
         # raw baselines
-        self.drop()
-        raw_dropped = read_all(model)
         read_all(model)
         raw_cached = read_all(model)
         copy_dir = self.work / "local-copy"
@@ -156,17 +162,19 @@ class Bench:
         # warm (node cache kept, page cache dropped), then the kernel re-read
         node = self.node(f"cold{tag}", fresh=False)
         try:
+            base = raw_dropped()
             self.drop()
             self.row(f"mount warm, page cache dropped{tag}", "raw read, dropped", read_all(node.mountpoint / MODEL),
-                     raw_dropped)
+                     base)
             read_all(node.mountpoint / MODEL)
             self.row(f"mount re-read (page cache){tag}", "raw read, page cache", read_all(node.mountpoint / MODEL),
                      raw_cached)
         finally:
             node.stop()
+        base = raw_dropped()
         self.drop()
         blobs = blob_dir(node)
-        self.row(f"node cache blobs read raw, dropped{tag}", "raw read, dropped", read_all(blobs), raw_dropped)
+        self.row(f"node cache blobs read raw, dropped{tag}", "raw read, dropped", read_all(blobs), base)
 
         # prefetch --wait, then read; random reads; safe_open through the HF layout
         node = self.node(f"prefetch{tag}", fresh=True)
@@ -177,9 +185,10 @@ class Bench:
             size = sum(p.stat().st_size for p in model.rglob("*") if p.is_file())
             self.row(f"mxfs prefetch --wait (hydration){tag}", "plain local copy", (size, time.perf_counter() - start),
                      plain_copy)
+            base = raw_dropped()
             self.drop()
             self.row(f"read after prefetch --wait, dropped{tag}", "raw read, dropped",
-                     read_all(node.mountpoint / MODEL), raw_dropped)
+                     read_all(node.mountpoint / MODEL), base)
             shard = max(model.glob("*.safetensors"), key=lambda p: p.stat().st_size)
             rng = random.Random(0)
             offsets = [rng.randrange(0, shard.stat().st_size - 4096) & ~4095 for _ in range(RANDOM_READS)]
