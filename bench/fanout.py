@@ -49,7 +49,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import read_all
+from bench.common import process_cpu_seconds, read_all
 from mxfs.block_peers.registry import HolderRegistryClient
 from mxfs.config import parse_size
 from mxfs.demo import free_port, wait_for
@@ -70,16 +70,10 @@ def read_tree(root: Path, out: list, slot: int) -> None:
         out[slot] = exc
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def timed_reads(mountpoints: list[Path], pids: list[int], size: int) -> dict:
     """Every mount read at once: wall time, per-node CPU seconds, errors."""
     n = len(mountpoints)
-    cpu0 = [cpu_seconds(p) for p in pids]
+    cpu0 = [process_cpu_seconds(p) for p in pids]
     results: list = [None] * n
     threads = [threading.Thread(target=read_tree, args=(m / MODEL, results, i)) for i, m in enumerate(mountpoints)]
     start = time.perf_counter()
@@ -88,7 +82,7 @@ def timed_reads(mountpoints: list[Path], pids: list[int], size: int) -> dict:
     for t in threads:
         t.join(timeout=1800)
     wall = time.perf_counter() - start
-    node_cpu = [cpu_seconds(p) - c for p, c in zip(pids, cpu0, strict=True)]
+    node_cpu = [process_cpu_seconds(p) - c for p, c in zip(pids, cpu0, strict=True)]
     errors = [r for r in results if not isinstance(r, tuple) or r[0] != size]
     tiers: dict[str, int] = {}
     for m in mountpoints:
@@ -106,10 +100,10 @@ def run_net(origin: Path, work: Path, n: int, size: int, block_size: int, rate: 
             fleet.start_node(wait_model=MODEL, extra=["--model", MODEL, *extra])
         wait_for(lambda: fleet.registered_nodes() >= n, 60, "all nodes registered")
         _, tx0 = server.nic_bytes()
-        server_cpu0 = cpu_seconds(server.proc.pid)
+        server_cpu0 = process_cpu_seconds(server.proc.pid)
         row = timed_reads([nd.mountpoint for nd in fleet.nodes], [nd.proc.pid for nd in fleet.nodes], size)
         egress = server.nic_bytes()[1] - tx0
-        row.update(mode="net", n=n, egress=egress / size, server_cpu=cpu_seconds(server.proc.pid) - server_cpu0)
+        row.update(mode="net", n=n, egress=egress / size, server_cpu=process_cpu_seconds(server.proc.pid) - server_cpu0)
     if not row["errors"]:  # keep the daemons' logs of a failed run
         shutil.rmtree(work / f"net{n}", ignore_errors=True)
     return row
@@ -128,8 +122,8 @@ def run_local(server: ServerProc, work: Path, n: int, size: int, extra: list[str
         wait_for(lambda: len(registry.nodes()) >= n, 30, "all nodes registered")
         before = server.metric("mxfs_server_bytes_served_total")
         pids = [nd.proc.pid for nd in nodes]
-        cpu0 = [cpu_seconds(p) for p in pids]
-        server_cpu0 = cpu_seconds(server.proc.pid)
+        cpu0 = [process_cpu_seconds(p) for p in pids]
+        server_cpu0 = process_cpu_seconds(server.proc.pid)
         results: list = [None] * n
         threads = [threading.Thread(target=read_tree, args=(nd.mountpoint / MODEL, results, i))
                    for i, nd in enumerate(nodes)]
@@ -140,8 +134,8 @@ def run_local(server: ServerProc, work: Path, n: int, size: int, extra: list[str
             t.join(timeout=1800)
         wall = time.perf_counter() - start
         egress = server.metric("mxfs_server_bytes_served_total") - before
-        node_cpu = [cpu_seconds(p) - c for p, c in zip(pids, cpu0, strict=True)]
-        server_cpu = cpu_seconds(server.proc.pid) - server_cpu0
+        node_cpu = [process_cpu_seconds(p) - c for p, c in zip(pids, cpu0, strict=True)]
+        server_cpu = process_cpu_seconds(server.proc.pid) - server_cpu0
         errors = [r for r in results if not isinstance(r, tuple) or r[0] != size]
         tiers: dict[str, int] = {}
         for nd in nodes:

@@ -38,7 +38,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import read_all
+from bench.common import process_cpu_seconds, read_all
 from mxfs.config import parse_size
 from mxfs.manifest.names import hub_folder
 from mxfs.modelgen import ModelShape, generate_model
@@ -55,12 +55,6 @@ def drop_page_cache() -> bool:
         return True
     except OSError:
         return False
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (and its reaped children) from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
 def timed(fn: Callable[[], int]) -> tuple[int, float]:
@@ -151,9 +145,9 @@ class Bench:
         node = self.node(f"cold{tag}", fresh=True)
         try:
             self.drop()
-            before = cpu_seconds(node.proc.pid)
+            before = process_cpu_seconds(node.proc.pid)
             cold = read_all(node.mountpoint / MODEL)
-            cpu = cpu_seconds(node.proc.pid) - before
+            cpu = process_cpu_seconds(node.proc.pid) - before
         finally:
             node.stop()
         self.row(f"mount cold{tag}", "plain local copy", cold, plain_copy)
