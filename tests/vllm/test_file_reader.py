@@ -42,3 +42,21 @@ def test_corrupt_cache_blob_is_never_loaded(start_server, start_mount, origin_ha
     assert not bad, f"tensors loaded with damaged bytes: {bad[:5]}"
     assert set(stats.nbytes) == {"mount"}
     assert "corrupt" in daemon.log()  # the daemon caught the damage (and refetched the block)
+
+
+def test_a_block_the_mount_cannot_read_is_an_oserror_not_a_crash(start_server, start_mount):
+    """The reader maps the file; a tensor whose bytes the mount fails (EIO: no server, not
+    cached) must raise OSError from the reader, which the strategy chain handles, instead of
+    a SIGBUS when vLLM touches the view."""
+    need_module("torch", "pip install torch==2.13.0")
+    from mxfs.vllm.files import ReadStats, iter_weights
+
+    server = start_server()
+    daemon = start_mount(server, extra=["--fetch-timeout", "2", "--readahead-blocks", "0"])
+    shards = sorted((daemon.mountpoint / MODEL).glob("*.safetensors"))
+    with open(shards[0], "rb") as fh:  # the header's block only
+        assert len(fh.read(4096)) == 4096
+    server.stop()
+    with pytest.raises(OSError):
+        for _name, tensor in iter_weights(shards[:1], ReadStats()):
+            tensor.sum()  # touch every byte of every view
