@@ -35,7 +35,7 @@ from pathlib import Path
 import lmdb
 
 from mxfs.cache.faults import CACHE_FAILURES, CacheFaults
-from mxfs.cache.punch import punch_hole
+from mxfs.cache.punch import punch_file, punch_hole
 from mxfs.fileio import path_under
 from mxfs.manifest.model import BlockKey, FileEntry
 
@@ -402,18 +402,7 @@ class BlockCache:
         return True
 
     def _punch(self, key: BlockKey, length: int) -> None:
-        try:
-            fd = self._open(key.sha256, create=False)
-        except OSError:
-            return
-        if fd is None:
-            return
-        try:
-            punch_hole(fd, key.index * key.block_size, length)
-        except OSError as exc:
-            log.warning("cannot punch hole for %s: %s", key, exc)
-        finally:
-            os.close(fd)
+        punch_file(self.blob_path(key.sha256), key.index * key.block_size, length, key)
 
     def discard(self, key: BlockKey) -> None:
         """Forget a block (e.g. it failed its hash) and free its bytes."""

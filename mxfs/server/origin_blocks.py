@@ -37,7 +37,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from mxfs.cache.blocks import BlockCache
-from mxfs.cache.punch import punch_hole
+from mxfs.cache.punch import punch_file, punch_hole
 from mxfs.errors import IntegrityError
 from mxfs.manifest import hashing
 from mxfs.manifest.model import BlockKey, FileEntry
@@ -445,16 +445,7 @@ class OriginBlocks:
         return os.open(path, flags, 0o644)
 
     def _punch(self, key: BlockKey, length: int) -> None:
-        try:
-            fd = os.open(self.store.blob_path(key.sha256), os.O_WRONLY | os.O_CLOEXEC)
-        except OSError:
-            return
-        try:
-            punch_hole(fd, key.index * key.block_size, length)
-        except OSError as exc:
-            log.warning("cannot punch the unindexed bytes of %s: %s", key, exc)
-        finally:
-            os.close(fd)
+        punch_file(self.store.blob_path(key.sha256), key.index * key.block_size, length, key)
 
     # -- many blocks ----------------------------------------------------------------------
 
