@@ -6,7 +6,9 @@ space) and fetches the missing blocks in parallel through the chain's tiers (pee
 origin, server). A tier with ``fetch_to_file`` (the server's data plane) has a block
 spliced from its socket into its place in the blob (one copy, by the kernel), where it is
 hashed once through a read-only mapping; a tier that returns bytes has them hashed and
-written with one ``pwrite``. Only then is the block indexed; when every
+written with one ``pwrite``. Only then is the block indexed, and its disk writes started
+(``mxfs.cache.writeback``: the final sync then has little left to write, instead of
+flushing the whole file at once while other reads of the disk wait behind it); when every
 block is indexed the blob is synced and the file recorded complete
 (``BlockCache.mark_complete``): the FUSE layer may then hand the blob to the kernel
 (passthrough).
@@ -36,6 +38,7 @@ from dataclasses import dataclass, field
 
 import trio
 
+from mxfs.cache.writeback import start_writeback
 from mxfs.errors import BlockUnavailable, MxfsError, SourceError
 from mxfs.fetch.chain import FetchChain
 from mxfs.fetch.threads import in_thread
@@ -314,7 +317,7 @@ class Hydrator:
                     fetch_to_file = getattr(tier, "fetch_to_file", None)
                     if fetch_to_file is not None:
                         ok = await fetch_to_file(manifest, entry, index, job.fd, self._write_lock, functools.partial(
-                            _mapped_ok, job.readable, offset, length, algorithm, expected))
+                            _mapped_ok, job.readable, job.fd, offset, length, algorithm, expected))
                     else:
                         data = await tier.fetch(manifest, entry, index)
                         ok = await in_thread(_write_checked, self._write_lock, job.fd, offset, length, data,
@@ -344,12 +347,16 @@ class Hydrator:
                                + "; ".join(errors or ["no tiers"]))
 
 
-def _mapped_ok(readable: mmap.mmap, offset: int, length: int, algorithm: str, expected: bytes) -> bool:
+def _mapped_ok(readable: mmap.mmap, fd: int, offset: int, length: int, algorithm: str, expected: bytes) -> bool:
     """True when the ``length`` bytes at ``offset`` of the blob hash to ``expected``, read
     through the job's read-only mapping of the page cache they were just written to: no copy,
-    and no mapping made and torn down per block (each unmap costs the other CPUs a TLB flush)."""
+    and no mapping made and torn down per block (each unmap costs the other CPUs a TLB flush).
+    Good bytes have their disk writes started (``fd``) in the same worker."""
     with memoryview(readable) as view, view[offset:offset + length] as block:
-        return block_ok(algorithm, block, expected)
+        ok = block_ok(algorithm, block, expected)
+    if ok:
+        start_writeback(fd, offset, length)
+    return ok
 
 
 def _write_checked(lock: threading.Lock, fd: int, offset: int, length: int, data: bytes | bytearray | memoryview,
@@ -370,4 +377,5 @@ def _write_checked(lock: threading.Lock, fd: int, offset: int, length: int, data
                 view, offset = view[written:], offset + written
     except OSError as exc:
         raise CacheFull(f"cannot write to the node cache: {exc}") from exc
+    start_writeback(fd, offset - length, length)
     return True
