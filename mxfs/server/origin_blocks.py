@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 from mxfs.cache.blocks import BlockCache
 from mxfs.cache.punch import punch_file, punch_hole
@@ -45,6 +46,8 @@ from mxfs.origins.remote import BytesBody, OriginUnavailable, RangeBody
 from mxfs.server.block_memory import BlockMemory
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 READ_RETRIES = 3
 
@@ -210,6 +213,40 @@ class OriginBlocks:
     def _view(self, entry: FileEntry, block_size: int, index: int, read: OriginRead,
               algorithm: str) -> Iterator[memoryview]:
         """The verified bytes of a block, valid while the context is open."""
+        def stored(key: BlockKey, length: int, known: bytes) -> memoryview | None:
+            data = self._stored(key, length, known, algorithm)
+            return None if data is None else memoryview(data)
+
+        with self._held(entry, block_size, index, read, algorithm, stored, sending=False) as view:
+            yield view
+
+    @contextmanager
+    def pinned_block(self, entry: FileEntry, block_size: int, index: int, read: OriginRead,
+                     algorithm: str = hashing.LEGACY) -> Iterator[tuple[Path, int, int] | memoryview]:
+        """A verified block to send, not evicted or reused while the context is open: a view
+        of it in memory, or (blob path, offset, length) of its checked copy in the store."""
+        offset = entry.block_span(index, block_size)[0]
+
+        def stored(key: BlockKey, length: int, known: bytes) -> tuple[Path, int, int] | None:
+            if self.store.contains(key) and (
+                    self._is_checked(key, algorithm) or self._stored(key, length, known, algorithm) is not None):
+                return self.store.blob_path(key.sha256), offset, length
+            return None
+
+        key = entry.key(index, block_size)
+        self.store.pin(key)
+        try:
+            with self._held(entry, block_size, index, read, algorithm, stored, sending=True) as got:
+                yield got
+        finally:
+            self.store.unpin(key)
+
+    @contextmanager
+    def _held(self, entry: FileEntry, block_size: int, index: int, read: OriginRead, algorithm: str,
+              stored: Callable[[BlockKey, int, bytes], T | None], sending: bool) -> Iterator[memoryview | T]:
+        """A block from ``hot`` (held there while the context is open), else what ``stored``
+        makes of its checked copy in the store, else read from the origin and looked up again
+        (a few times: a block can leave memory before it is taken)."""
         key = entry.key(index, block_size)
         length = entry.block_span(index, block_size)[1]
         for _ in range(READ_RETRIES):
@@ -218,47 +255,19 @@ class OriginBlocks:
                 view = slot.view()
                 try:
                     yield view
+                    if sending:
+                        self.hot.mark_sent(key)
                 finally:
                     view.release()
                     self.hot.release(slot)
                 return
             known = self.hashes.get(key, algorithm)  # None: never hashed under this algorithm
-            data = self._stored(key, length, known, algorithm) if known is not None else None
-            if data is not None:
-                yield memoryview(data)
+            got = stored(key, length, known) if known is not None else None
+            if got is not None:
+                yield got
                 return
             self._start(entry, block_size, [index], read, algorithm)[0].result()
         raise OriginUnavailable(f"block {key} of {entry.path} could be neither kept nor stored; try again")
-
-    @contextmanager
-    def pinned_block(self, entry: FileEntry, block_size: int, index: int, read: OriginRead,
-                     algorithm: str = hashing.LEGACY) -> Iterator[tuple[Path, int, int] | memoryview]:
-        """A verified block to send, not evicted or reused while the context is open: a view
-        of it in memory, or (blob path, offset, length) of its checked copy in the store."""
-        key = entry.key(index, block_size)
-        offset, length = entry.block_span(index, block_size)
-        self.store.pin(key)
-        try:
-            for _ in range(READ_RETRIES):
-                slot = self.hot.take(key)
-                if slot is not None:
-                    view = slot.view()
-                    try:
-                        yield view
-                        self.hot.mark_sent(key)
-                    finally:
-                        view.release()
-                        self.hot.release(slot)
-                    return
-                known = self.hashes.get(key, algorithm)
-                if known is not None and self.store.contains(key) and (
-                        self._is_checked(key, algorithm) or self._stored(key, length, known, algorithm) is not None):
-                    yield self.store.blob_path(key.sha256), offset, length
-                    return
-                self._start(entry, block_size, [index], read, algorithm)[0].result()
-            raise OriginUnavailable(f"block {key} of {entry.path} could be neither kept nor stored; try again")
-        finally:
-            self.store.unpin(key)
 
     def _is_checked(self, key: BlockKey, algorithm: str) -> bool:
         with self._lock:
