@@ -5,11 +5,10 @@ clear error and never leaves a wrong or partial block in the server's store."""
 from __future__ import annotations
 
 import hashlib
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ from mxfs.origins import presigned
 from mxfs.origins.objstore import S3Store
 from mxfs.origins.remote import OriginUnavailable
 from mxfs.server.origin_blocks import OriginBlocks
+from tests.support.stub_http import serve_http, stub_s3_store
 
 BS = 64 * 1024
 DATA = hashlib.sha256(b"seed").digest() * (6 * BS // 32)  # 6 blocks
@@ -101,22 +101,8 @@ class _FakeS3(BaseHTTPRequestHandler):
 @pytest.fixture
 def fake_s3() -> Iterator[str]:
     _FakeS3.connections, _FakeS3.requests, _FakeS3.sent_whole = 0, [], 0
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _FakeS3)
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
-
-
-def _store(endpoint: str) -> S3Store:
-    import boto3
-    from botocore.config import Config
-
-    client = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="k", aws_secret_access_key="s",
-                          region_name="us-east-1", config=Config(retries={"max_attempts": 1}, signature_version="s3v4"))
-    return S3Store("bucket", client=client)
+    with serve_http(_FakeS3) as endpoint:
+        yield endpoint
 
 
 def _read(store: S3Store, key: str, offset: int, length: int) -> bytes:
@@ -127,7 +113,7 @@ def _read(store: S3Store, key: str, offset: int, length: int) -> bytes:
 
 
 def test_presigned_reads_are_exact_and_keep_their_connection(fake_s3: str) -> None:
-    store = _store(fake_s3)
+    store = stub_s3_store(fake_s3)
     for offset, length in [(0, BS), (BS + 7, 3 * BS), (len(DATA) - 5, 5), (0, len(DATA))]:
         assert _read(store, "ok", offset, length) == DATA[offset:offset + length]
     assert _FakeS3.connections == 1  # one kept-alive connection for every read
@@ -142,7 +128,7 @@ def test_presigned_reads_are_exact_and_keep_their_connection(fake_s3: str) -> No
     ("denied", OriginDenied, "refused"),
 ])
 def test_broken_answers_are_clear_errors(fake_s3: str, key: str, error: type, match: str) -> None:
-    store = _store(fake_s3)
+    store = stub_s3_store(fake_s3)
     with pytest.raises(error, match=match):
         _read(store, key, BS, 2 * BS)
     assert _FakeS3.sent_whole < 64 << 20, "the body of a range-ignoring answer was read"
@@ -152,7 +138,7 @@ def test_broken_answers_are_clear_errors(fake_s3: str, key: str, error: type, ma
 
 def test_a_stalled_body_times_out(fake_s3: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(presigned, "IO_TIMEOUT_S", 0.5)
-    store = _store(fake_s3)
+    store = stub_s3_store(fake_s3)
     start = time.monotonic()
     with pytest.raises(OriginUnavailable, match="mid-body"):
         _read(store, "stall", 0, 2 * BS)
@@ -160,7 +146,7 @@ def test_a_stalled_body_times_out(fake_s3: str, monkeypatch: pytest.MonkeyPatch)
 
 
 def test_what_only_botocore_can_read_goes_through_botocore_from_then_on(fake_s3: str) -> None:
-    store = _store(fake_s3)
+    store = stub_s3_store(fake_s3)
     assert _read(store, "redirected", BS, BS) == DATA[BS:2 * BS]
     assert _read(store, "redirected", 0, BS) == DATA[:BS]
     assert not store.presigned_reads
@@ -170,7 +156,7 @@ def test_what_only_botocore_can_read_goes_through_botocore_from_then_on(fake_s3:
 def test_a_body_cut_mid_run_stores_only_whole_verified_blocks(fake_s3: str, tmp_path: Path) -> None:
     """Blocks 0-5 asked (read in runs of two): the connection drops inside block 1, every retry
     too. Block 0 is served and stored; the others fail clearly and nothing of them is stored."""
-    store = _store(fake_s3)
+    store = stub_s3_store(fake_s3)
     entry = FileEntry("w.bin", len(DATA), "ef" * 32, ())
 
     def read(offset: int, length: int) -> bytes:
@@ -213,36 +199,18 @@ def test_s3rver_ranges_by_presigned_get_match_botocore(s3_env, s3_model: str, mo
 def test_presigned_reads_over_https_verify_like_the_client(tmp_path: Path) -> None:
     import ssl
 
-    import boto3
-    from botocore.config import Config
-
     from tests.support.tls import make_tls
 
     tls = make_tls(tmp_path / "tls")
     _FakeS3.connections, _FakeS3.requests = 0, []
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _FakeS3)
-    httpd.daemon_threads = True
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(tls.cert, tls.key)
-    httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    endpoint = f"https://127.0.0.1:{httpd.server_address[1]}"
-
-    def store(verify: str | None) -> S3Store:
-        client = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="k", aws_secret_access_key="s",
-                              region_name="us-east-1", verify=verify,
-                              config=Config(retries={"max_attempts": 1}, signature_version="s3v4"))
-        return S3Store("bucket", client=client)
-
-    try:
-        trusted = store(str(tls.ca))
+    with serve_http(_FakeS3, tls=ctx) as endpoint:
+        trusted = stub_s3_store(endpoint, verify=str(tls.ca))
         assert _read(trusted, "ok", BS + 3, 2 * BS) == DATA[BS + 3:3 * BS + 3]
         assert _read(trusted, "ok", 0, BS) == DATA[:BS]
         assert trusted.presigned_reads and _FakeS3.connections == 1
         with pytest.raises(OriginUnavailable, match="early"):
             _read(trusted, "cut", BS, 2 * BS)
         with pytest.raises(OriginUnavailable, match="CERTIFICATE_VERIFY_FAILED"):
-            _read(store(None), "ok", 0, BS)  # the system CAs do not know the test CA
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+            _read(stub_s3_store(endpoint), "ok", 0, BS)  # the system CAs do not know the test CA
