@@ -60,8 +60,14 @@ def net_fleet(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator:
         return fleet
 
     yield make
-    for fleet in fleets:
-        fleet.close()
+    failures = []
+    for fleet in fleets:  # every fleet is torn down before a member that did not stop cleanly fails
+        try:
+            fleet.close()
+        except AssertionError as exc:
+            failures.append(exc)
+    if failures:
+        raise failures[0]
 
 
 @dataclass

@@ -246,6 +246,7 @@ class Member:
     def popen(self, args: list[str]) -> subprocess.Popen:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.workdir / f"{self.name}.log"
+        self.killed = False
         self.proc = subprocess.Popen(
             ["nsenter", f"--net=/run/netns/{self.ns}", "--", *args],
             env=_env(), stdout=self.log_path.open("a"), stderr=subprocess.STDOUT,
@@ -258,14 +259,20 @@ class Member:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
 
+    killed: bool = False
+
     def stop(self, kill: bool = False) -> None:
+        """SIGTERM (or SIGKILL) the process; one that ignores SIGTERM for 20 s is killed so it
+        does not outlive the test, and fails the stop."""
         if self.alive():
             self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+            self.killed = kill
             try:
                 self.proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
+                raise AssertionError(f"{self.name} did not exit within 20 s of SIGTERM: {self.log()[-2000:]}") from None
 
     def scrape(self, port: int, name: str) -> float:
         """Sum of a Prometheus metric (all label sets) from this member's metrics port."""
@@ -300,9 +307,16 @@ class FleetNode(Member):
         return (self.cache_dir / "peer-node-id").read_text().strip()
 
     def stop(self, kill: bool = False) -> None:
-        super().stop(kill)
-        if mounts.is_mounted(self.mountpoint):
-            subprocess.run(["fusermount3", "-u", "-z", str(self.mountpoint)], capture_output=True, timeout=30)
+        """As ``Member.stop``; a daemon that exited without a SIGKILL must have removed its own
+        mount: one left behind is cleaned up (the machine stays clean) and fails the stop."""
+        try:
+            super().stop(kill)
+        finally:
+            left = mounts.is_mounted(self.mountpoint)
+            if left:
+                subprocess.run(["fusermount3", "-u", "-z", str(self.mountpoint)], capture_output=True, timeout=30)
+        if left and not self.killed:
+            raise AssertionError(f"{self.name} exited without unmounting {self.mountpoint}: {self.log()[-2000:]}")
 
 
 @dataclass
@@ -322,8 +336,8 @@ class NetFleet:
     def __enter__(self) -> NetFleet:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        self.close(strict=exc_type is None)  # a teardown failure never hides the test's own
 
     # -- network --------------------------------------------------------------------------
 
@@ -457,17 +471,20 @@ class NetFleet:
 
     # -- teardown -------------------------------------------------------------------------
 
-    def close(self) -> None:
-        """Stop every process, unmount, delete every namespace of this run (safe to call twice)."""
-        for node in self.nodes:
+    def close(self, strict: bool = True) -> None:
+        """Stop every process, unmount, delete every namespace of this run (safe to call twice).
+        Everything is torn down either way; then, with ``strict``, the first member that did
+        not stop cleanly (ignored SIGTERM, left its mount) fails the close."""
+        failures: list[AssertionError] = []
+        for member in [*self.nodes, *([self.server] if self.server is not None else [])]:
             try:
-                node.stop()
-            except Exception:  # keep tearing down the rest
-                node.stop(kill=True)
-        if self.server is not None:
-            self.server.stop()
+                member.stop()
+            except AssertionError as exc:  # keep tearing down the rest
+                failures.append(exc)
         for ns in reversed(self._namespaces):
             _kill_netns_pids(ns)
             _ip("netns", "del", ns, check=False)
         self._namespaces.clear()
+        if failures and strict:
+            raise failures[0]
 
