@@ -14,7 +14,7 @@ from mxfs import envs
 from mxfs.errors import InvalidModelName, ManifestError, ModelNotFound, OriginDenied, SourceError
 from mxfs.manifest.names import DEFAULT_REVISION, is_commit, validate_name, validate_relpath
 from mxfs.manifest.validate import check_sha1_hex, check_sha256_hex, check_size
-from mxfs.origins.remote import OriginUnavailable, RemoteFile, Snapshot, check_range
+from mxfs.origins.remote import OriginUnavailable, RangeBody, RemoteFile, Snapshot, check_range
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 _SNAPSHOT_CACHE = 256
@@ -95,26 +95,78 @@ class HuggingFaceSource:
         check_range(snapshot, path, offset, length)
         if length == 0:
             return b""
+        buf = bytearray(length)
+        with self.open_range(snapshot, path, offset, length) as body:
+            body.fill(memoryview(buf))
+        return bytes(buf)
+
+    def open_range(self, snapshot: Snapshot, path: str, offset: int, length: int) -> RangeBody:
+        """The bytes ``[offset, offset+length)`` of ``path`` as a body whose chunks are copied
+        once, into the caller's buffers (the server's block buffers), not gathered first."""
+        check_range(snapshot, path, offset, length)
         import httpx2
         from huggingface_hub.utils import build_hf_headers, get_session
 
         headers = build_hf_headers(token=self._token or False)
         headers["Range"] = f"bytes={offset}-{offset + length - 1}"
         where = f"{snapshot.name}/{path}@{offset}"
-        buf = bytearray()
+        stream = get_session().stream("GET", self.url(snapshot, path), headers=headers,
+                                      follow_redirects=True, timeout=self.timeout_s)
         try:
-            with get_session().stream("GET", self.url(snapshot, path), headers=headers,
-                                      follow_redirects=True, timeout=self.timeout_s) as r:
-                _check_response(r, snapshot, where, self.endpoint, offset, length)
-                for chunk in r.iter_bytes(1 << 20):
-                    buf += chunk
-                    if len(buf) > length:
-                        raise SourceError(f"{self.endpoint} sent more than the {length} bytes asked for {where}")
+            response = stream.__enter__()
+            _check_response(response, snapshot, where, self.endpoint, offset, length)
         except httpx2.TransportError as exc:
+            stream.__exit__(None, None, None)
             raise OriginUnavailable(f"{self.endpoint} failed while sending {where}: {exc}") from exc
-        if len(buf) != length:
-            raise OriginUnavailable(f"{self.endpoint} closed {where} after {len(buf)} of {length} bytes")
-        return bytes(buf)
+        except BaseException:
+            stream.__exit__(None, None, None)
+            raise
+        return _StreamBody(stream, response, length, f"{where} from {self.endpoint}")
+
+
+class _StreamBody:
+    """A :class:`RangeBody` over a streaming httpx response of ``length`` bytes: each chunk
+    as it arrives goes into the caller's buffer; a body longer than asked is refused as soon
+    as a chunk crosses the end (nothing past it is read), one shorter is ``OriginUnavailable``."""
+
+    def __init__(self, stream: Any, response: Any, length: int, what: str) -> None:
+        self._stream = stream
+        self._chunks = response.iter_bytes()
+        self._length = length
+        self._received = 0
+        self._left = memoryview(b"")
+        self._what = what
+
+    def fill(self, view: memoryview) -> None:
+        import httpx2
+
+        got, want = 0, len(view)
+        try:
+            while got < want:
+                if not self._left:
+                    chunk = next(self._chunks, None)
+                    if chunk is None:
+                        raise OriginUnavailable(f"{self._what} ended after {self._received} of {self._length} bytes")
+                    self._received += len(chunk)
+                    if self._received > self._length:
+                        raise SourceError(f"{self._what}: more than the {self._length} bytes asked for")
+                    self._left = memoryview(chunk)
+                n = min(want - got, len(self._left))
+                view[got:got + n] = self._left[:n]
+                self._left = self._left[n:]
+                got += n
+        except httpx2.TransportError as exc:
+            raise OriginUnavailable(f"{self._what} failed after {self._received} bytes: {exc}") from exc
+
+    def close(self) -> None:
+        self._left = memoryview(b"")
+        self._stream.__exit__(None, None, None)
+
+    def __enter__(self) -> _StreamBody:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _remote_file(sibling: Any) -> RemoteFile:

@@ -81,7 +81,7 @@ class RemoteSource(Protocol):
         ...
 
     # optional: ``open_range(snapshot, path, offset, length) -> RangeBody``, the same bytes
-    # received straight into the caller's buffers (object stores); callers fall back to ``read``
+    # received straight into the caller's buffers (HF, object stores); callers fall back to ``read``
 
 
 class RangeBody(Protocol):

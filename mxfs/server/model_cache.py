@@ -329,7 +329,7 @@ class ModelCache:
             return source.read(snap, path, offset, length)
 
         opener = getattr(source, "open_range", None)
-        if opener is not None:  # origins whose bytes go straight into the blocks' buffers (object stores)
+        if opener is not None:  # origins whose bytes go straight into the blocks' buffers
             read.open = lambda offset, length: opener(snap, path, offset, length)  # type: ignore[attr-defined]
         return read
 
