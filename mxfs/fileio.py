@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import mmap
 import os
+import threading
 import uuid
 from pathlib import Path
 
@@ -44,3 +46,46 @@ def path_under(root: Path | str, *parts: str) -> Path:
     if os.path.commonpath([base, full]) != base or full == base:
         raise ValueError(f"{os.path.join(base, *parts)!r} escapes {base}")
     return Path(full)
+
+
+class BlobMap:
+    """A read-only shared mapping of an open file (``fd``, which the caller owns), made at
+    first use and made again when the file has grown past it.
+
+    Replies are copied by the kernel straight from ``view`` (``writev`` into /dev/fuse): one
+    copy, one system call, and no pipe, so a reply may be as large as the kernel allows.
+    The mapping holds its own reference to the file: the owner may close ``fd`` while views
+    are in use; the mapping goes when the last view and this object are gone (a copy from it
+    beyond the file's end fails with EFAULT inside the system call, never a SIGBUS here).
+    """
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._map: mmap.mmap | None = None
+        self._lock = threading.Lock()
+
+    def view(self, offset: int, length: int) -> memoryview:
+        """``[offset, offset+length)`` of the file as a view of the mapping (release it after use)."""
+        end = offset + length
+        mapped = self._map
+        if mapped is None or len(mapped) < end:
+            with self._lock:
+                mapped = self._map
+                if mapped is None or len(mapped) < end:
+                    size = os.fstat(self.fd).st_size
+                    if size < end:
+                        raise OSError(f"file is {size} bytes, range ends at {end}")
+                    mapped = self._map = mmap.mmap(self.fd, size, mmap.MAP_SHARED, mmap.PROT_READ)
+        with memoryview(mapped) as whole:
+            return whole[offset:end]
+
+    def forget(self, offset: int, length: int) -> None:
+        """Unmap the pages of ``[offset, offset+length)`` from this process (they stay in the
+        page cache): ``POSIX_FADV_DONTNEED`` leaves mapped pages alone."""
+        mapped = self._map
+        if mapped is None or length <= 0:
+            return
+        start = offset - offset % mmap.PAGESIZE
+        end = min(len(mapped), offset + length)
+        if end > start:
+            mapped.madvise(mmap.MADV_DONTNEED, start, end - start)

@@ -8,8 +8,9 @@ file is then filled in place and ends complete, so its next open can be passthro
 
 A read whose blocks all lie verified in the cache blob (hydration wrote them, or a read
 checked them, in this process) is answered as a ``BlobSpan``: the caller hands the range
-on from the blob (the FUSE session splices it) and no byte passes through Python; the
-blocks stay pinned until the caller calls ``release``. Other reads return bytes.
+on from a mapping of the blob (the FUSE session's reply is one kernel copy from it) and no
+byte passes through Python; the blocks stay pinned until the caller calls ``release``.
+Other reads return bytes.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from mxfs.fetch.chain import FetchChain
 from mxfs.fetch.hydrate import Hydrator
 from mxfs.fetch.supervise import guarded
 from mxfs.fetch.threads import in_thread
+from mxfs.fileio import BlobMap
 from mxfs.manifest.model import BlockKey, FileEntry, Manifest
 
 log = logging.getLogger(__name__)
@@ -43,15 +45,16 @@ class OpenFile:
     touched: int = 0  # blocks entered by reads through this handle, in any order
     last_block: int = -1
     blob_fd: int | None = None  # read-only fd of the file's cache blob, opened at the first span
+    blob: BlobMap | None = None  # its mapping, which spans are copied from
     blob_generation: int = -1
     retired_fds: list[int] = field(default_factory=list)
 
 
 @dataclass
 class BlobSpan:
-    """``length`` bytes at ``offset`` of the blob ``fd``, verified; ``release`` unpins them."""
+    """``length`` bytes at ``offset`` of ``blob``, verified; ``release`` unpins them."""
 
-    fd: int
+    blob: BlobMap
     offset: int
     length: int
     release: Callable[[], None]
@@ -147,14 +150,16 @@ class BlockReader:
                 if handle.blob_fd is not None:  # spans in flight may still read the old one
                     handle.retired_fds.append(handle.blob_fd)
                 handle.blob_fd, handle.blob_generation = opened
-        return BlobSpan(handle.blob_fd, offset, end - offset, lambda: cache.unpin_all(keys))
+                handle.blob = BlobMap(handle.blob_fd)  # spans of the old one keep their own mapping
+        assert handle.blob is not None
+        return BlobSpan(handle.blob, offset, end - offset, lambda: cache.unpin_all(keys))
 
     def close(self, handle: OpenFile) -> None:
         """Close ``handle``'s blob fds (at release: no span of them is in use any more)."""
         for fd in [*handle.retired_fds, *([handle.blob_fd] if handle.blob_fd is not None else [])]:
             os.close(fd)
         handle.retired_fds.clear()
-        handle.blob_fd = None
+        handle.blob_fd = handle.blob = None
 
     def _readahead(self, handle: OpenFile, offset: int, last_block: int) -> None:
         if self._nursery is None or self.max_blocks == 0:

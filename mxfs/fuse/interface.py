@@ -11,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from mxfs.fileio import BlobMap
+
 
 class FuseError(Exception):
     """Reply to the request with ``errno``."""
@@ -75,9 +77,10 @@ class Opened:
 
 @dataclass(frozen=True)
 class FileRange:
-    """A read answered straight from a local file (the transport may splice it)."""
+    """A read answered straight from a local file: the transport copies ``length`` bytes at
+    ``offset`` of ``blob`` into the reply (one kernel copy, no byte through Python)."""
 
-    fd: int
+    blob: BlobMap
     offset: int
     length: int
     drop_cache: bool = False  # the FUSE inode keeps these pages: drop the file's copy after

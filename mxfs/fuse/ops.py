@@ -187,14 +187,14 @@ class MxfsOperations:
         if handle.reader is None:
             return (handle.node.content or b"")[off : off + size]
         mode = handle.mode
-        if mode is not None and mode.blob_fd is not None and mode.mode in (BLOB, PASSTHROUGH):
+        if mode is not None and mode.blob is not None and mode.mode in (BLOB, PASSTHROUGH):
             length = max(0, min(size, handle.node.size - off))
             self.stats.read(handle.label, mode.mode, length, from_blob=True)
-            return FileRange(mode.blob_fd, off, length, drop_cache=True)
+            return FileRange(mode.blob, off, length, drop_cache=True)
         data = await self.reader.read(handle.reader, off, size)
         if isinstance(data, BlobSpan):  # verified in the blob: handed on without a copy
             self.stats.read(handle.label, CACHED, data.length, from_blob=True)
-            return FileRange(data.fd, data.offset, data.length, drop_cache=True, done=data.release)
+            return FileRange(data.blob, data.offset, data.length, drop_cache=True, done=data.release)
         self.stats.read(handle.label, CACHED, len(data))
         return data
 

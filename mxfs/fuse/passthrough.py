@@ -4,18 +4,19 @@ Rules (the kernel's passthrough rules, plus ours):
 
 * A file whose every block is cached *and verified in this daemon's lifetime* is served
   from its cache blob: with kernel passthrough when the session was granted it (reads and
-  mmap never reach the daemon), else by splicing the blob into READ replies.
+  mmap never reach the daemon), else by copying the blob into READ replies (one kernel copy
+  from a mapping of it, see ``mxfs.fileio.BlobMap``).
 * All opens of one inode share one mode while any is open (the kernel refuses to mix
   cached and passthrough I/O on an inode): a file opened while incomplete stays cached
   until its last release; the next open after it completed gets the blob.
 * One backing file per inode, registered at the first open and closed at the last release.
 * While an inode is served from its blob, every block of it is pinned: eviction never
-  punches a blob the kernel (or a splice) reads from.
+  punches a blob the kernel (or a reply) reads from.
 * Before the first blob open of a file in this lifetime, every block is checked against
   its hash (in worker threads): the kernel never shows us those reads again.
 * No double page cache: when an inode that was read in cached mode goes passthrough, its
   FUSE page cache is dropped (the backing file's cache serves it from then on); blob-mode
-  replies drop the blob's pages after the splice (the FUSE inode keeps them).
+  replies drop the blob's pages after the copy (the FUSE inode keeps them).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from mxfs.cache.blocks import BlockCache
 from mxfs.errors import MxfsError
 from mxfs.fetch.chain import FetchChain
 from mxfs.fetch.threads import in_thread
+from mxfs.fileio import BlobMap
 from mxfs.fuse.interface import BackingFiles, Notifier
 from mxfs.fuse.stats import BLOB, CACHED, PASSTHROUGH, FuseStats
 from mxfs.manifest.model import BlockKey, FileEntry, Manifest
@@ -46,6 +48,7 @@ class InodeMode:
     mode: str = CACHED
     opens: int = 0
     blob_fd: int | None = None
+    blob: BlobMap | None = None  # the mapping reads of a BLOB-mode file are copied from
     backing_id: int | None = None
     pinned: tuple[FileEntry, int] | None = None  # (entry, block size) while its blocks are pinned
     was_cached: bool = False  # its FUSE page cache may hold pages from cached-mode reads
@@ -125,7 +128,7 @@ class FileModes:
             os.close(state.blob_fd)
         if state.pinned is not None:
             self.cache.unpin_file(*state.pinned)
-        state.backing_id = state.blob_fd = None
+        state.backing_id = state.blob_fd = state.blob = None
         state.pinned = None
         state.mode = CACHED
 
@@ -140,15 +143,16 @@ class FileModes:
         except OSError as exc:
             log.warning("cannot open the blob of %s: %s", entry.path, exc)
             return
+        state.blob = BlobMap(state.blob_fd)
         state.mode = BLOB
         if self.backing is None:
             return
         if os.fstat(state.blob_fd).st_size != entry.size:  # the kernel would read to the blob's end
-            log.warning("blob of %s is not exactly the file's size; serving it by splice", entry.path)
+            log.warning("blob of %s is not exactly the file's size; serving it from the daemon", entry.path)
             return
         try:
             state.backing_id = self.backing.open(state.blob_fd)
-        except OSError as exc:  # e.g. no CAP_SYS_ADMIN: splice from the blob instead
+        except OSError as exc:  # e.g. no CAP_SYS_ADMIN: replies from the blob instead
             log.warning("passthrough refused for %s (%s); serving it from the blob", entry.path, exc)
             return
         state.mode = PASSTHROUGH

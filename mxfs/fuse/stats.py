@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 #: how an open file's reads are answered
 CACHED = "cached"  # the daemon reads (and verifies) blocks through the fetch chain
-BLOB = "blob"  # the daemon splices the verified cache blob into the reply
+BLOB = "blob"  # the daemon's reply is a kernel copy from the verified cache blob
 PASSTHROUGH = "passthrough"  # the kernel reads the cache blob itself
 MODES = (CACHED, BLOB, PASSTHROUGH)
 
@@ -25,7 +25,7 @@ class FuseStats:
                                   ["mode"], registry=r)
         self.from_blob_bytes = Counter("mxfs_node_fuse_blob_read_bytes",
                                        "bytes answered from a cache blob without passing through Python "
-                                       "(spliced), any mode", registry=r)
+                                       "(copied by the kernel), any mode", registry=r)
         self.opens = Counter("mxfs_node_fuse_opens", "file opens by the mode chosen", ["mode"], registry=r)
         self.verified = Counter("mxfs_node_fuse_verified_files",
                                 "cache blobs fully checked before the kernel may read them", registry=r)

@@ -1,4 +1,4 @@
-"""How open files are served: cached (through the chain), from the blob (splice) or by the
+"""How open files are served: cached (through the chain), from the blob (a kernel copy) or by the
 kernel itself (passthrough). Real server + daemon processes and real mounts; each test
 runs with passthrough and with ``--no-passthrough`` (see conftest.py)."""
 
@@ -323,8 +323,8 @@ def test_hydrated_model_opens_from_its_blobs(node, origin_hashes, mount_mode):
             assert daemon_reads(node.metrics_port, shard) == before == 0
 
 
-def test_verified_blocks_of_an_incomplete_file_are_spliced_from_the_blob(start_server, start_mount, origin_hashes,
-                                                                         mount_mode):
+def test_verified_blocks_of_an_incomplete_file_are_answered_from_the_blob(start_server, start_mount, origin_hashes,
+                                                                           mount_mode):
     """Blocks this daemon verified (here: a first read of half the file, no readahead so the
     file stays incomplete) are answered from the blob, not copied through Python; the rest
     through the chain, in the same cached-mode open."""

@@ -1,4 +1,4 @@
-"""Page-cache residency (``cachestat``), which decides whether a blob splice runs inline."""
+"""Page-cache residency (``cachestat``), which decides whether a reply from a blob runs inline."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def test_resident_follows_the_page_cache(tmp_path):
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # clean pages: really dropped
         cached, _ = residency.resident(fd, 0, 1 << 20)
         if residency._available is False:
-            pytest.skip("kernel without cachestat (before 6.5): splices always go to a worker thread")
+            pytest.skip("kernel without cachestat (before 6.5): blob replies always go to a worker thread")
         assert not cached
         os.pread(fd, 1 << 20, 0)
         assert residency.resident(fd, 0, 1 << 20) == (True, True)

@@ -1,11 +1,12 @@
 """Is a byte range of a file in the page cache? (Linux ``cachestat``, 6.5+.)
 
-The FUSE session answers a read from a cache blob by splicing it; a splice of pages that
-are not cached waits for the disk, which must never happen on the trio thread. When every
-page of the range is cached the splice is a memory copy and runs inline, saving the
-worker-thread round trip (two wake-ups per request, the largest per-request cost of a cold
-read after the copies themselves). Pages can still be evicted between the check and the
-splice; that costs one disk read on the trio thread, not a wrong byte.
+The FUSE session answers a read from a cache blob with a kernel copy from a mapping of it;
+a copy of pages that are not cached waits for the disk, which must never happen on the
+trio thread. When every page of the range is cached the copy is a memory copy and runs
+inline, saving the worker-thread round trip (two wake-ups per request, the largest
+per-request cost of a cold read after the copies themselves). Pages can still be evicted
+between the check and the copy; that costs one disk read on the trio thread, not a wrong
+byte.
 """
 
 from __future__ import annotations

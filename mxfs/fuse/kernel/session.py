@@ -4,8 +4,9 @@ encode replies. Policy (what to cache, when to pass through) lives in the filesy
 One trio thread serves every request: the /dev/fuse descriptor is non-blocking and the
 loop waits for it with ``trio.lowlevel.wait_readable``; each request runs as its own
 task, so a slow block fetch never holds up a ``stat``. Replies are written with
-``writev`` (header + payload, no join); reads answered from a local file are spliced
-from that file into /dev/fuse through a pipe in a worker thread (no byte enters Python).
+``writev`` (header + payload, no join); a read answered from a local file is one
+``writev`` of the header and a view of a mapping of that file: the kernel copies the bytes
+once, from the file's page cache into the reply (no byte enters Python).
 """
 
 from __future__ import annotations
@@ -41,14 +42,12 @@ log = logging.getLogger(__name__)
 MAX_WRITE = 128 * 1024  # read-only: only bounds the request buffer the kernel demands
 MAX_PAGES = 256  # up to 1 MiB per READ: 8x fewer requests than 128 KiB on a cold read (see docs)
 READ_BUFFER = MAX_WRITE + 4096
-PAGE = 4096
-F_SETPIPE_SZ = 1031
 _U32 = struct.Struct("<I")
 
 #: what this session asks for; the kernel grants the intersection with what it offers
 WANTED = (InitFlag.ASYNC_READ | InitFlag.PARALLEL_DIROPS | InitFlag.MAX_PAGES | InitFlag.DO_READDIRPLUS
           | InitFlag.READDIRPLUS_AUTO | InitFlag.ABORT_ERROR | InitFlag.EXPLICIT_INVAL_DATA
-          | InitFlag.SPLICE_WRITE | InitFlag.SPLICE_MOVE | InitFlag.INIT_EXT)
+          | InitFlag.INIT_EXT)
 
 
 @dataclass(frozen=True)
@@ -155,62 +154,6 @@ class Notifier:
         os.writev(self._fd, [p.OUT_HEADER.pack(p.OUT_HEADER.size + len(arg), p.Notify.INVAL_INODE, 0), arg])
 
 
-class _Pipes:
-    """A pool of pipes sized for one whole READ reply (splice needs the message in one pipe).
-
-    A pipe holds one page per slot and the reply header takes a slot of its own, so a reply
-    of ``n`` pages needs ``n + 1`` slots: 1 MiB reads need 2 MiB pipes, beyond the default
-    ``pipe-max-size`` (1 MiB) without CAP_SYS_RESOURCE, which container runtimes usually drop
-    even for root. ``max_pages`` is then what a pipe of ``pipe-max-size`` can carry (rounded
-    down to a power of two), and INIT asks the kernel for reads of that size.
-    """
-
-    def __init__(self) -> None:
-        self._free: list[tuple[int, int]] = []
-        self._lock = threading.Lock()
-        self.size, self.max_pages = 0, MAX_PAGES
-        for pages in (MAX_PAGES, MAX_PAGES // 2, MAX_PAGES // 4):
-            pipe = self._new(2 * pages * PAGE)
-            if pipe is not None:
-                self.size, self.max_pages = 2 * pages * PAGE, pages
-                self._free.append(pipe)
-                break
-        else:
-            log.info("cannot size splice pipes: replies from files are copied")
-
-    @staticmethod
-    def _new(size: int) -> tuple[int, int] | None:
-        r, w = os.pipe2(os.O_CLOEXEC)
-        try:
-            fcntl.fcntl(w, F_SETPIPE_SZ, size)
-            return r, w
-        except OSError:
-            os.close(r)
-            os.close(w)
-            return None
-
-    @property
-    def usable(self) -> bool:
-        return self.size > 0
-
-    def get(self) -> tuple[int, int] | None:
-        with self._lock:
-            if self._free:
-                return self._free.pop()
-        return self._new(self.size) if self.size else None
-
-    def put(self, pipe: tuple[int, int]) -> None:
-        with self._lock:
-            self._free.append(pipe)
-
-    def close(self) -> None:
-        with self._lock:
-            for r, w in self._free:
-                os.close(r)
-                os.close(w)
-            self._free.clear()
-
-
 def clone(fd: int) -> int:
     """A new /dev/fuse descriptor on the same connection, with its own processing queue."""
     new = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
@@ -236,7 +179,6 @@ class Session:
         self.initialized = trio.Event()
         self._io_limiter = io_limiter or trio.CapacityLimiter(8)
         self._pending: dict[int, trio.CancelScope] = {}
-        self._pipes = _Pipes()
         self._destroyed = False
         self._handlers: dict[int, Callable[[Request], Any]] = {
             Opcode.LOOKUP: self._lookup, Opcode.GETATTR: self._getattr, Opcode.OPEN: self._open,
@@ -251,13 +193,10 @@ class Session:
 
     async def run(self) -> None:
         """Read and dispatch requests until the kernel reports the filesystem gone (ENODEV)."""
-        try:
-            if self.reader_threads:
-                await self._run_threads()
-            else:
-                await self._run_polling()
-        finally:
-            self._pipes.close()
+        if self.reader_threads:
+            await self._run_threads()
+        else:
+            await self._run_polling()
         log.debug("fuse session ended")
 
     async def _run_polling(self) -> None:
@@ -402,7 +341,7 @@ class Session:
         granted = offered & wanted
         depth = 1 if granted & InitFlag.PASSTHROUGH else 0  # blobs live on a plain local filesystem
         minor = min(minor, p.KERNEL_MINOR_VERSION)
-        max_pages = self._pipes.max_pages  # a read reply must fit one splice pipe
+        max_pages = MAX_PAGES
         self.granted = Granted(minor, granted, max_readahead, MAX_WRITE, max_pages, depth)
         reply = p.INIT_OUT.pack(p.KERNEL_VERSION, minor, max_readahead, int(granted) & 0xFFFFFFFF,
                                 self.max_background, self.max_background * 3 // 4, MAX_WRITE, 1,
@@ -445,50 +384,39 @@ class Session:
         data = await self.fs.read(fh, offset, size)
         if isinstance(data, FileRange):
             try:
-                cached, clean = resident(data.fd, data.offset, data.length)
+                cached, clean = resident(data.blob.fd, data.offset, data.length)
                 if cached:  # a memory copy: inline, no worker-thread round trip
                     self._reply_from_file(req, data, drop=clean)
-                else:
-                    await trio.to_thread.run_sync(self._reply_from_file, req, data, limiter=self._io_limiter)
+                else:  # the copy would wait for the disk
+                    await trio.to_thread.run_sync(self._reply_from_file, req, data, True, True,
+                                                  limiter=self._io_limiter)
             finally:
                 if data.done is not None:
                     data.done()
         else:
             self._reply(req, data)
 
-    def _reply_from_file(self, req: Request, rng: FileRange, drop: bool = True) -> None:
-        """Splice ``rng`` into the reply (header written into the pipe first): in a worker
-        thread, or inline when its pages are cached. ``drop=False`` leaves the file's pages
-        (inline with dirty pages: dropping them would start writeback here)."""
-        pipe = self._pipes.get() if rng.length <= self._pipes.max_pages * PAGE else None
-        if pipe is None:
-            self._reply(req, os.pread(rng.fd, rng.length, rng.offset))
-            if rng.drop_cache and drop:
-                os.posix_fadvise(rng.fd, rng.offset, rng.length, os.POSIX_FADV_DONTNEED)
-            return
-        r, w = pipe
+    def _reply_from_file(self, req: Request, rng: FileRange, drop: bool = True, from_disk: bool = False) -> None:
+        """One ``writev`` of the header and a view of the file's mapping: the kernel copies the
+        range from the page cache into the reply. Inline when every page is cached; else in a
+        worker thread, the range asked of the disk in one go first (``from_disk``).
+        ``drop=False`` keeps the file's pages (dirty or under writeback: dropping them would
+        wait for the disk here); else, with ``drop_cache``, they are unmapped and dropped,
+        since the FUSE inode now holds the same bytes."""
         total = p.OUT_HEADER.size + rng.length
         try:
-            os.write(w, p.OUT_HEADER.pack(total, 0, req.unique))
-            moved, offset = 0, rng.offset
-            while moved < rng.length:
-                n = os.splice(rng.fd, w, rng.length - moved, offset_src=offset)
-                if n == 0:
-                    raise OSError(errno.EIO, "short backing file")
-                moved += n
-                offset += n
-            os.splice(r, req.fd, total, flags=os.SPLICE_F_MOVE)
+            if from_disk:
+                os.posix_fadvise(rng.blob.fd, rng.offset, rng.length, os.POSIX_FADV_WILLNEED)
+            with rng.blob.view(rng.offset, rng.length) as view:
+                os.writev(req.fd, [p.OUT_HEADER.pack(total, 0, req.unique), view])
             if rng.drop_cache and drop:
-                os.posix_fadvise(rng.fd, rng.offset, rng.length, os.POSIX_FADV_DONTNEED)
+                rng.blob.forget(rng.offset, rng.length)
+                os.posix_fadvise(rng.blob.fd, rng.offset, rng.length, os.POSIX_FADV_DONTNEED)
         except OSError as exc:
-            os.close(r)  # the pipe may hold part of a message: never reuse it
-            os.close(w)
-            if exc.errno in (errno.ENOENT, errno.ENODEV, errno.ECONNABORTED):
+            if exc.errno in (errno.ENOENT, errno.ENODEV, errno.ECONNABORTED):  # interrupted, or unmounted
                 return
-            log.warning("splice reply failed (%s); answering EIO", exc)
+            log.warning("reply from a blob failed (%s); answering EIO", exc)
             self._error(req, errno.EIO)
-            return
-        self._pipes.put(pipe)
 
     async def _release(self, req: Request) -> None:
         fh, *_ = p.RELEASE_IN.unpack_from(req.body)
