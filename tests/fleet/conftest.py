@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.cluster import run_all
 from tests.support.fleet import NetFleet, netns_unavailable, sweep_stale
 from tests.support.needs import missing
 
@@ -60,14 +61,7 @@ def net_fleet(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator:
         return fleet
 
     yield make
-    failures = []
-    for fleet in fleets:  # every fleet is torn down before a member that did not stop cleanly fails
-        try:
-            fleet.close()
-        except AssertionError as exc:
-            failures.append(exc)
-    if failures:
-        raise failures[0]
+    run_all(fleet.close for fleet in fleets)  # every fleet is torn down before a member that did not stop cleanly fails
 
 
 @dataclass

@@ -13,7 +13,7 @@ from mxfs.errors import SourceError
 from mxfs.origins.hf import HuggingFaceSource
 from mxfs.origins.remote import OriginUnavailable, RemoteFile, Snapshot
 from tests.support.hf_endpoint import HubEndpoint
-from tests.support.stub_http import serve_http
+from tests.support.stub_http import flood, serve_http
 
 DATA = b"".join(hashlib.sha256(i.to_bytes(4, "little")).digest() for i in range(40_000))  # 1.25 MB: an LFS file
 
@@ -54,12 +54,7 @@ class _Overlong(BaseHTTPRequestHandler):
         self.send_header("Content-Range", f"bytes 0-99/{len(DATA)}")
         self.send_header("Content-Length", str(64 << 20))
         self.end_headers()
-        try:
-            for _ in range(64):
-                self.wfile.write(b"\0" * (1 << 20))
-                type(self).sent += 1 << 20
-        except OSError:
-            pass
+        flood(self, "sent", 64)
 
 
 def test_a_body_longer_than_asked_is_refused_without_reading_it(monkeypatch: pytest.MonkeyPatch) -> None:

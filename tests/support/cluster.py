@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import urllib.request
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -179,16 +180,22 @@ class MountProc:
         return self.log_path.read_text() if self.log_path and self.log_path.exists() else ""
 
 
-def stop_all(procs: list[MountProc]) -> None:
-    """Stop every daemon, then raise the first failure (a daemon that left its mount)."""
+def run_all(steps: Iterable[Callable[[], None]]) -> None:
+    """Run every teardown step, then raise the first failure one raised (an AssertionError:
+    a process that did not stop cleanly); the later steps still run."""
     failures: list[AssertionError] = []
-    for proc in procs:
+    for step in steps:
         try:
-            proc.stop()
+            step()
         except AssertionError as exc:
             failures.append(exc)
     if failures:
         raise failures[0]
+
+
+def stop_all(procs: list[MountProc]) -> None:
+    """Stop every daemon, then raise the first failure (a daemon that left its mount)."""
+    run_all(proc.stop for proc in procs)
 
 
 def fuse_available() -> bool:

@@ -42,6 +42,7 @@ from typing import TypeVar
 from mxfs.block_peers.registry import HolderRegistryClient
 from mxfs.demo import wait_for
 from mxfs_daemon import mountpoint as mounts
+from tests.support.cluster import run_all
 
 T = TypeVar("T")
 
@@ -475,16 +476,14 @@ class NetFleet:
         """Stop every process, unmount, delete every namespace of this run (safe to call twice).
         Everything is torn down either way; then, with ``strict``, the first member that did
         not stop cleanly (ignored SIGTERM, left its mount) fails the close."""
-        failures: list[AssertionError] = []
-        for member in [*self.nodes, *([self.server] if self.server is not None else [])]:
-            try:
-                member.stop()
-            except AssertionError as exc:  # keep tearing down the rest
-                failures.append(exc)
-        for ns in reversed(self._namespaces):
-            _kill_netns_pids(ns)
-            _ip("netns", "del", ns, check=False)
-        self._namespaces.clear()
-        if failures and strict:
-            raise failures[0]
+        try:
+            run_all(member.stop for member in [*self.nodes, *([self.server] if self.server is not None else [])])
+        except AssertionError:
+            if strict:
+                raise
+        finally:
+            for ns in reversed(self._namespaces):
+                _kill_netns_pids(ns)
+                _ip("netns", "del", ns, check=False)
+            self._namespaces.clear()
 

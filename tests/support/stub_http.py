@@ -27,6 +27,19 @@ def serve_http(handler: type[BaseHTTPRequestHandler], tls: ssl.SSLContext | None
         httpd.server_close()
 
 
+def flood(handler: BaseHTTPRequestHandler, counter: str, mib: int) -> None:
+    """Write ``mib`` MiB of zeros as the body (far more than was asked), adding each MiB to
+    the handler class's ``counter`` as it leaves, so a test sees how much went out; stops
+    quietly when the client hangs up."""
+    chunk = b"\0" * (1 << 20)
+    try:
+        for _ in range(mib):
+            handler.wfile.write(chunk)
+            setattr(type(handler), counter, getattr(type(handler), counter) + len(chunk))
+    except OSError:
+        pass
+
+
 def stub_s3_store(endpoint: str, verify: str | bool | None = None, retries: int | None = 1) -> S3Store:
     """An ``S3Store`` of bucket ``bucket`` at ``endpoint`` (SigV4, dummy keys; ``retries``
     None keeps botocore's default retries)."""
