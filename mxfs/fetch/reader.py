@@ -44,8 +44,7 @@ class OpenFile:
     scheduled: set[int] = field(default_factory=set)
     touched: int = 0  # blocks entered by reads through this handle, in any order
     last_block: int = -1
-    blob_fd: int | None = None  # read-only fd of the file's cache blob, opened at the first span
-    blob: BlobMap | None = None  # its mapping, which spans are copied from
+    blob: BlobMap | None = None  # the file's cache blob (read-only fd, owned here; its mapping), from the first span
     blob_generation: int = -1
     retired_fds: list[int] = field(default_factory=list)
 
@@ -137,29 +136,28 @@ class BlockReader:
         generation = cache.pin_verified(keys)
         if generation is None:
             return None
-        if handle.blob_fd is None or handle.blob_generation != generation:
+        if handle.blob is None or handle.blob_generation != generation:
             opened = await in_thread(cache.open_blob, handle.entry.sha256)
             if opened is None or opened[1] != generation:
                 cache.unpin_all(keys)
                 if opened is not None:
                     os.close(opened[0])
                 return None
-            if handle.blob_fd is not None and handle.blob_generation == generation:
+            if handle.blob is not None and handle.blob_generation == generation:
                 os.close(opened[0])  # a concurrent read opened it first
             else:
-                if handle.blob_fd is not None:  # spans in flight may still read the old one
-                    handle.retired_fds.append(handle.blob_fd)
-                handle.blob_fd, handle.blob_generation = opened
-                handle.blob = BlobMap(handle.blob_fd)  # spans of the old one keep their own mapping
+                if handle.blob is not None:  # spans in flight may still read the old one (their own mapping)
+                    handle.retired_fds.append(handle.blob.fd)
+                handle.blob, handle.blob_generation = BlobMap(opened[0]), opened[1]
         assert handle.blob is not None
         return BlobSpan(handle.blob, offset, end - offset, lambda: cache.unpin_all(keys))
 
     def close(self, handle: OpenFile) -> None:
         """Close ``handle``'s blob fds (at release: no span of them is in use any more)."""
-        for fd in [*handle.retired_fds, *([handle.blob_fd] if handle.blob_fd is not None else [])]:
+        for fd in [*handle.retired_fds, *([handle.blob.fd] if handle.blob is not None else [])]:
             os.close(fd)
         handle.retired_fds.clear()
-        handle.blob_fd = handle.blob = None
+        handle.blob = None
 
     def _readahead(self, handle: OpenFile, offset: int, last_block: int) -> None:
         if self._nursery is None or self.max_blocks == 0:

@@ -47,8 +47,7 @@ class InodeMode:
 
     mode: str = CACHED
     opens: int = 0
-    blob_fd: int | None = None
-    blob: BlobMap | None = None  # the mapping reads of a BLOB-mode file are copied from
+    blob: BlobMap | None = None  # the blob's fd (owned here) and the mapping BLOB-mode reads are copied from
     backing_id: int | None = None
     pinned: tuple[FileEntry, int] | None = None  # (entry, block size) while its blocks are pinned
     was_cached: bool = False  # its FUSE page cache may hold pages from cached-mode reads
@@ -124,11 +123,11 @@ class FileModes:
                 self.backing.close(state.backing_id)
             except OSError as exc:
                 log.warning("closing backing file of inode %d: %s", inode, exc)
-        if state.blob_fd is not None:
-            os.close(state.blob_fd)
+        if state.blob is not None:
+            os.close(state.blob.fd)
         if state.pinned is not None:
             self.cache.unpin_file(*state.pinned)
-        state.backing_id = state.blob_fd = state.blob = None
+        state.backing_id = state.blob = None
         state.pinned = None
         state.mode = CACHED
 
@@ -139,19 +138,18 @@ class FileModes:
         if not self.cache.file_complete(entry, bs):  # evicted between the check and the pins
             return
         try:
-            state.blob_fd = os.open(self.cache.blob_path(entry.sha256), os.O_RDONLY | os.O_CLOEXEC)
+            state.blob = BlobMap(os.open(self.cache.blob_path(entry.sha256), os.O_RDONLY | os.O_CLOEXEC))
         except OSError as exc:
             log.warning("cannot open the blob of %s: %s", entry.path, exc)
             return
-        state.blob = BlobMap(state.blob_fd)
         state.mode = BLOB
         if self.backing is None:
             return
-        if os.fstat(state.blob_fd).st_size != entry.size:  # the kernel would read to the blob's end
+        if os.fstat(state.blob.fd).st_size != entry.size:  # the kernel would read to the blob's end
             log.warning("blob of %s is not exactly the file's size; serving it from the daemon", entry.path)
             return
         try:
-            state.backing_id = self.backing.open(state.blob_fd)
+            state.backing_id = self.backing.open(state.blob.fd)
         except OSError as exc:  # e.g. no CAP_SYS_ADMIN: replies from the blob instead
             log.warning("passthrough refused for %s (%s); serving it from the blob", entry.path, exc)
             return

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import logging
 import os
 import struct
@@ -388,7 +389,7 @@ class Session:
                 if cached:  # a memory copy: inline, no worker-thread round trip
                     self._reply_from_file(req, data, drop=clean)
                 else:  # the copy would wait for the disk
-                    await trio.to_thread.run_sync(self._reply_from_file, req, data, True, True,
+                    await trio.to_thread.run_sync(functools.partial(self._reply_from_file, req, data, from_disk=True),
                                                   limiter=self._io_limiter)
             finally:
                 if data.done is not None:
@@ -402,10 +403,11 @@ class Session:
         the reply); from a worker thread when it must come from the disk (``from_disk``), a
         ``pread`` first: a read through the file descriptor keeps the file's sequential
         readahead going (a copy from the mapping faults one request in at a time: 0.31-0.40x
-        the raw disk read against 0.71-0.75x), and next to the disk the extra copy is cheap.
-        ``drop=False`` keeps the file's pages (dirty or under writeback: dropping them would
-        wait for the disk here); else, with ``drop_cache``, they are unmapped and dropped,
-        since the FUSE inode now holds the same bytes."""
+        the raw disk read against 0.73-0.78x, ``bench/read_throughput.py --no-passthrough``),
+        and next to the disk the extra copy is cheap. ``drop=False`` keeps the file's pages
+        (dirty or under writeback: dropping them would wait for the disk here); else, with
+        ``drop_cache``, they are unmapped and dropped, since the FUSE inode now holds the
+        same bytes."""
         head = p.OUT_HEADER.pack(p.OUT_HEADER.size + rng.length, 0, req.unique)
         try:
             if from_disk:
