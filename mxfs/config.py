@@ -130,7 +130,7 @@ class MountConfig:
     tls_peer_name: str = _opt("", "name checked in peer certificates (peers are reached by IP)")
     allow_other: bool = _opt(True, "let other users (and containers) read the mount")
     passthrough: bool = _opt(True, "let the kernel read complete, verified files from the cache itself "
-                             "(FUSE passthrough, Linux >= 6.9; off: the daemon splices them)")
+                             "(FUSE passthrough, Linux >= 6.9; off: the daemon answers their reads from the blob)")
     peer_port: int = _opt(0, "port of this node's peer block service (0 = peer cache off)")
     peer_host: str = _opt("0.0.0.0", "listen address of the peer block service")
     peer_advertise: str = _opt("", "address other nodes use to reach this one (default: peer_host or hostname)",
