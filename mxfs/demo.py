@@ -10,6 +10,7 @@ never leaves a dead mount or a process behind.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -57,10 +58,41 @@ def _stop_daemon(proc: subprocess.Popen | None, mnt: Path) -> None:
         mountpoint.unmount(mnt, lazy=True)
 
 
+_HANDED_OUT: set[int] = set()
+_PORT_TRIES = 200
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    """The kernel's range for outgoing connections' local ports (Linux's default if unreadable)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback TCP port nothing listens on, for a server started right after this returns.
+
+    A port the kernel picks (bind to 0) lies in the ephemeral range, so between this call and
+    the server's bind any outgoing connection on the machine may take it as its local port: a
+    flake seen in CI ("Address already in use"). The port is therefore drawn outside that
+    range, checked free by binding it, and never handed out twice by this process.
+    """
+    low, high = _ephemeral_range()
+    candidates = (10000, low - 1) if low - 1 - 10000 >= 1000 else (high + 1, 65535)
+    for _ in range(_PORT_TRIES):
+        port = random.randint(*candidates)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    raise OSError(f"no free loopback port in {candidates[0]}-{candidates[1]} after {_PORT_TRIES} tries")
 
 
 def wait_for(predicate, timeout_s: float, what: str) -> None:

@@ -74,7 +74,7 @@ def inproc_server(tmp_path: Path) -> Iterator:
         cfg.setdefault("cache_dir", str(tmp_path / f"server-{len(servers)}"))
         cfg.setdefault("block_size", BLOCK_SIZE)
         cfg.setdefault("data_port", free_port())  # never the fixed default 8002 (tests run side by side)
-        server = Server(ServerConfig(host="127.0.0.1", port=free_port(), metrics_port=0, **cfg))
+        server = Server(ServerConfig(host="127.0.0.1", port=0, metrics_port=0, **cfg))  # gRPC picks
         server.start()
         server.address = f"127.0.0.1:{server.port}"
         servers.append(server)
