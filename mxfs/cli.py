@@ -25,11 +25,14 @@ def _server_address(args: argparse.Namespace) -> str:
     return address
 
 
-def _config_from(args: argparse.Namespace, cls: type, section: str, names: list[str]):
+def _config_from(args: argparse.Namespace, cls: type, section: str):
+    """The ``section`` config from defaults, ``--config``, env and every flag whose destination
+    is one of ``cls``'s fields (none is listed by hand, so none can be left out)."""
     if args.print_config:
         print(default_yaml(), end="")
         raise SystemExit(0)
-    cfg = load(cls, section, {n: getattr(args, n, None) for n in names}, args.config)
+    cli = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    cfg = load(cls, section, cli, args.config)
     if args.validate_config:
         shown = {k: ("***" if "token" in k and v else v) for k, v in dataclasses.asdict(cfg).items()}
         print(f"config OK: {shown}")
@@ -43,12 +46,7 @@ def cmd_server(args: argparse.Namespace) -> int:
     from mxfs import logs
     from mxfs.server import app
 
-    cfg = _config_from(args, ServerConfig, "server",
-                       ["host", "port", "cache_dir", "models_dir", "block_size", "metrics_port", "data_port",
-                        "log_level", "max_workers", "peer_token", "holder_ttl", "origins", "model_uris",
-                        "max_models", "max_unused_s", "min_free_bytes", "metadata_backend", "redis_url",
-                        "origin_mode", "origin_eager_bytes", "origin_block_store_bytes",
-                        "auth_token_file", "auth_reads", "tls_cert_file", "tls_key_file", "metrics_host"])
+    cfg = _config_from(args, ServerConfig, "server")
     logs.setup(cfg.log_level)
     return app.run(cfg)
 
@@ -97,12 +95,7 @@ def add_server(sub: argparse._SubParsersAction) -> None:
 def cmd_mount(args: argparse.Namespace) -> int:
     from mxfs import logs
 
-    cfg = _config_from(args, MountConfig, "mount",
-                       ["mountpoint", "server", "cache_dir", "cache_size", "cache_index_size", "models",
-                        "fetch_timeout", "readahead_blocks", "metrics_port", "log_level", "fetch_workers",
-                        "peer_port", "peer_host", "peer_advertise", "peer_token", "peer_swarm",
-                        "peer_fill", "peer_hedge", "peer_workers", "origin_direct", "auth_token_file", "tls_ca_file",
-                        "tls_cert_file", "tls_key_file", "tls_peer_name", "metrics_host", "passthrough"])
+    cfg = _config_from(args, MountConfig, "mount")
     logs.setup(cfg.log_level)
     from mxfs_daemon.node import NodeDaemon
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 
-from mxfs import envs
 from mxfs.manifest.builder import DEFAULT_BLOCK_SIZE, check_block_size
 
 T = TypeVar("T")
@@ -237,10 +237,9 @@ def load(
         if unknown:
             raise ConfigError(f"unknown keys in section {section!r}: {sorted(unknown)}")
         values.update(part)
-    env = envs.prefixed()
     for f in fields(cls):  # type: ignore[arg-type]
         for name in (f"MODEL_EXPRESS_{section.upper()}_{f.name.upper()}", *f.metadata.get("env", ())):
-            value = env.get(name) or envs.registered(name)
+            value = os.environ.get(name)  # only a value set here: a variable's own default never wins over the file
             if value:
                 values[f.name] = value
                 break

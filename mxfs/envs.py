@@ -78,9 +78,6 @@ ALL = [
     MX_HEARTBEAT_INTERVAL_SECS, MX_REAPER_SCAN_INTERVAL_SECS, MX_NIXL_BACKENDS,
 ]
 
-CONFIG_PREFIX = "MODEL_EXPRESS_"
-
-
 def flag(var: EnvVar) -> bool:
     """Parse a boolean variable (1/true/yes/on)."""
     return (var.get() or "").strip().lower() in ("1", "true", "yes", "on")
@@ -110,17 +107,6 @@ def redis_url() -> str | None:
     return f"redis://{host}:{port}"
 
 
-def registered(name: str) -> str | None:
-    """The value of a variable listed in ``ALL`` (None for unset or unknown names)."""
-    for var in ALL:
-        if var.name == name:
-            return var.get()
-    return None
-
-
-def prefixed(prefix: str = CONFIG_PREFIX) -> dict[str, str]:
-    """All ``MODEL_EXPRESS_*`` variables, for the layered config."""
-    return {k: v for k, v in os.environ.items() if k.startswith(prefix) and v != ""}
 
 
 def hf_hub_cache() -> Path:
