@@ -4,6 +4,10 @@ validated offline against the Kubernetes OpenAPI schemas and checked for wiring.
 from __future__ import annotations
 
 import importlib.util
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -290,9 +294,14 @@ def test_server_ports_and_addresses_agree(values_name: str | None) -> None:
     daemon = container(ds["spec"]["template"]["spec"], "mxfsd")
     scheme = "https://" if values.get("tls", {}).get("secret") else ""
     assert flag(daemon["args"], "server") == f"{scheme}mxfs-server.mxfs.svc:8001"
-    peer_port = flag(daemon["args"], "peer-port")
-    assert peer_port == "9093"
-    assert {p["name"]: p["containerPort"] for p in daemon["ports"]}["peer"] == int(peer_port)
+    # the daemon refuses a peer port without a cluster token: the port only comes with one
+    daemon_ports = {p["name"]: p["containerPort"] for p in daemon["ports"]}
+    if values.get("peerTokenSecret") or values.get("auth", {}).get("tokenSecret"):
+        assert flag(daemon["args"], "peer-port") == "9093"
+        assert daemon_ports["peer"] == 9093
+    else:
+        assert not any(a.startswith("--peer-port") for a in daemon["args"])
+        assert "peer" not in daemon_ports
 
     redis = [d for d in by_kind(docs, "Service") if d["metadata"]["name"] == "mxfs-redis"]
     env = {e["name"]: e.get("value") for e in main["env"]}
@@ -305,6 +314,90 @@ def test_server_ports_and_addresses_agree(values_name: str | None) -> None:
     # one peer token for server and nodes, or none
     token_users = [c for c in (main, daemon) if any(e["name"] == "MXFS_PEER_TOKEN" for e in c["env"])]
     assert len(token_users) == (2 if values.get("peerTokenSecret") else 0)
+
+
+# Values beyond the shipped profiles whose rendered commands the real CLI must accept too.
+CLI_CASES = {
+    "peer-token-only": {"peerTokenSecret": "mxfs-peer-token"},
+    "auth-reads": {"auth": {"tokenSecret": "mxfs-auth", "requireForReads": True}},
+}
+FIELD_VALUES = {"status.podIP": "10.1.2.3", "spec.nodeName": "node-a"}
+
+
+def _mxfs_containers(docs: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(pod spec, container) of every rendered ``mxfs server`` and ``mxfs mount`` container."""
+    found = []
+    for doc in docs:
+        for spec in _pod_templates(doc):
+            for c in spec["containers"]:
+                if c["image"].startswith("localhost/mxfs:") and c.get("args", [""])[0] in ("server", "mount"):
+                    found.append((spec, c))
+    return found
+
+
+def _pod_env(c: dict[str, Any]) -> dict[str, str]:
+    """The container's environment as the pod would have it: secrets and fields as dummies,
+    ``$(VAR)`` expanded as kubelet does."""
+    env: dict[str, str] = {}
+    for e in c.get("env", []):
+        if "value" in e:
+            value = str(e["value"])
+        elif "secretKeyRef" in e["valueFrom"]:
+            value = f"dummy-{e['name'].lower()}"
+        else:
+            value = FIELD_VALUES[e["valueFrom"]["fieldRef"]["fieldPath"]]
+        env[e["name"]] = _expand(value, env)
+    return env
+
+
+def _expand(text: str, env: dict[str, str]) -> str:
+    return re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env.get(m[1], m[0]), text)
+
+
+def _local_args(spec: dict[str, Any], c: dict[str, Any], env: dict[str, str], tmp: Path) -> list[str]:
+    """The container's args, ``$(VAR)`` expanded, files of mounted Secrets replaced by local
+    files with dummy contents (the Secrets' files do not exist here)."""
+    secret_dirs = [
+        m["mountPath"] for m in c.get("volumeMounts", []) if "secret" in volume(spec, m["name"])
+    ]
+    args = []
+    for arg in c["args"]:
+        arg = _expand(arg, env)
+        name, eq, value = arg.partition("=")
+        if eq and any(value.startswith(d.rstrip("/") + "/") for d in secret_dirs):
+            local = tmp / value.lstrip("/")
+            local.parent.mkdir(parents=True, exist_ok=True)
+            local.write_text("dummy-secret-file\n")
+            arg = f"{name}={local}"
+        args.append(arg)
+    return args
+
+
+@pytest.mark.parametrize("values_name", list(VALUES) + list(CLI_CASES), ids=lambda n: n or "default")
+def test_rendered_commands_pass_the_cli_validation(values_name: str | None, tmp_path: Path) -> None:
+    """Every rendered ``mxfs server`` / ``mxfs mount`` command line, with the pod's environment,
+    is accepted by the real CLI (``--validate-config`` checks it and exits before serving)."""
+    values = CLI_CASES[values_name] if values_name in CLI_CASES else VALUES[values_name]
+    containers = _mxfs_containers(render.documents(values))
+    assert sorted(c["args"][0] for _, c in containers) == ["mount", "server"]
+    base = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": str(tmp_path),
+        "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
+    }
+    for i, (spec, c) in enumerate(containers):
+        env = _pod_env(c)
+        args = _local_args(spec, c, env, tmp_path / str(i))
+        proc = subprocess.run(
+            [sys.executable, "-m", "mxfs", *args, "--validate-config"],
+            env=base | env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode == 0, (args, proc.stdout, proc.stderr)
+        assert proc.stdout.startswith("config OK"), proc.stdout
 
 
 def pod_labels(workload: dict[str, Any]) -> dict[str, str]:

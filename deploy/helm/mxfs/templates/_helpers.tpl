@@ -90,6 +90,14 @@ prometheus.io/path: /metrics
 {{- end }}
 {{- end -}}
 
+{{/* The node peer port: node.peerPort when a cluster token is configured (peerTokenSecret or
+auth.tokenSecret; the daemon refuses a peer port without one), else "" (peer cache off). */}}
+{{- define "mxfs.peerPort" -}}
+{{- if and .Values.node.peerPort (or .Values.peerTokenSecret .Values.auth.tokenSecret) -}}
+{{ .Values.node.peerPort }}
+{{- end -}}
+{{- end -}}
+
 {{/* MXFS_PEER_TOKEN from peerTokenSecret (key "token"), shared by server and nodes. */}}
 {{- define "mxfs.peerTokenEnv" -}}
 {{- if .Values.peerTokenSecret -}}
