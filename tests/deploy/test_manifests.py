@@ -320,6 +320,8 @@ def test_server_ports_and_addresses_agree(values_name: str | None) -> None:
 CLI_CASES = {
     "peer-token-only": {"peerTokenSecret": "mxfs-peer-token"},
     "auth-reads": {"auth": {"tokenSecret": "mxfs-auth", "requireForReads": True}},
+    "origins": {"server": {"origins": ["hf", "s3://models/prefix", "/srv/models"],
+                           "modelUris": ["acme/llama-ft=gs://bucket/llama-ft"], "originMode": "hydrate"}},
 }
 FIELD_VALUES = {"status.podIP": "10.1.2.3", "spec.nodeName": "node-a"}
 
@@ -398,6 +400,37 @@ def test_rendered_commands_pass_the_cli_validation(values_name: str | None, tmp_
         )
         assert proc.returncode == 0, (args, proc.stdout, proc.stderr)
         assert proc.stdout.startswith("config OK"), proc.stdout
+
+
+def _server_args(values: dict[str, Any] | None) -> list[str]:
+    docs = render.documents(values)
+    server = next(d for d in by_kind(docs, "Deployment") if d["metadata"]["name"] == "mxfs-server")
+    return container(server["spec"]["template"]["spec"], "server")["args"]
+
+
+def flags(args: list[str], name: str) -> list[str]:
+    return [a.split("=", 1)[1] for a in args if a.startswith(f"--{name}=")]
+
+
+def test_server_origins_reach_the_server() -> None:
+    """``server.origins`` (default hf, so the examples' Hugging Face models resolve),
+    ``server.modelUris`` and ``server.originMode`` become the server's origin flags."""
+    from mxfs.origins.uri import parse_binding, parse_origin_uri
+
+    args = _server_args(None)
+    assert flags(args, "origin") == ["hf"]
+    assert flags(args, "model-uri") == [] and flags(args, "origin-mode") == []
+    for name in VALUES:
+        assert flags(_server_args(VALUES[name]), "origin") == ["hf"], name
+    values = CLI_CASES["origins"]
+    args = _server_args(values)
+    assert flags(args, "origin") == values["server"]["origins"]
+    assert flags(args, "model-uri") == values["server"]["modelUris"]
+    assert flags(args, "origin-mode") == ["hydrate"]
+    for uri in flags(args, "origin"):
+        parse_origin_uri(uri)
+    assert [parse_binding(b)[0] for b in flags(args, "model-uri")] == ["acme/llama-ft"]
+    assert flags(_server_args({"server": {"origins": []}}), "origin") == []  # modelsDir only
 
 
 def pod_labels(workload: dict[str, Any]) -> dict[str, str]:
