@@ -433,6 +433,36 @@ def test_server_origins_reach_the_server() -> None:
     assert flags(_server_args({"server": {"origins": []}}), "origin") == []  # modelsDir only
 
 
+def _service_accounts(values: dict[str, Any] | None) -> tuple[set[str], dict[str, str]]:
+    """(ServiceAccounts rendered, workload -> the ServiceAccount its pods run as)."""
+    docs = render.documents(values)
+    accounts = {d["metadata"]["name"] for d in by_kind(docs, "ServiceAccount")}
+    used = {
+        d["metadata"]["name"]: d["spec"]["template"]["spec"].get("serviceAccountName", "default")
+        for d in docs
+        if d["kind"] in ("Deployment", "DaemonSet") and d["metadata"]["name"] != "mxfs-redis"
+    }
+    return accounts, used
+
+
+@pytest.mark.parametrize("values_name", list(VALUES), ids=lambda n: n or "default")
+def test_pods_run_as_service_accounts_that_exist(values_name: str | None) -> None:
+    accounts, used = _service_accounts(VALUES[values_name])
+    assert used == {"mxfs-server": "mxfs-server", "mxfs-node": "mxfs-node"}
+    assert set(used.values()) == accounts
+
+
+def test_service_account_names_and_create_false() -> None:
+    """``serviceAccount.create: false`` must not name ServiceAccounts nobody creates: the pods
+    run as ``serviceAccount.name.<component>``, else the namespace's ``default``."""
+    accounts, used = _service_accounts({"serviceAccount": {"create": False}})
+    assert accounts == set() and used == {"mxfs-server": "default", "mxfs-node": "default"}
+    accounts, used = _service_accounts({"serviceAccount": {"create": False, "name": {"node": "gpu-nodes"}}})
+    assert accounts == set() and used == {"mxfs-server": "default", "mxfs-node": "gpu-nodes"}
+    accounts, used = _service_accounts({"serviceAccount": {"name": {"server": "models", "node": "fuse"}}})
+    assert accounts == {"models", "fuse"} and used == {"mxfs-server": "models", "mxfs-node": "fuse"}
+
+
 def pod_labels(workload: dict[str, Any]) -> dict[str, str]:
     return workload["spec"]["template"]["metadata"]["labels"]
 

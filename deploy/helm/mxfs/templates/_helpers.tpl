@@ -78,8 +78,16 @@ redis://{{ include "mxfs.fullname" . }}-redis.{{ .Release.Namespace }}.svc:6379/
 {{- end -}}
 {{- end -}}
 
+{{/* ServiceAccount of a component: serviceAccount.name.<component>, else the chart's own
+(<fullname>-<component>) when it creates them, else "default". */}}
 {{- define "mxfs.serviceAccountName" -}}
-{{ include "mxfs.fullname" .root }}-{{ .component }}
+{{- $sa := .root.Values.serviceAccount -}}
+{{- $name := index (default (dict) $sa.name) .component | default "" -}}
+{{- if $sa.create -}}
+{{ $name | default (printf "%s-%s" (include "mxfs.fullname" .root) .component) }}
+{{- else -}}
+{{ $name | default "default" }}
+{{- end -}}
 {{- end -}}
 
 {{- define "mxfs.metricsAnnotations" -}}
