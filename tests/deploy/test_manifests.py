@@ -498,6 +498,26 @@ def test_token_and_tls_are_wired_when_turned_on(values_name: str | None) -> None
             assert "tcpSocket" in main[probe] and "grpc" not in main[probe]  # kubelet gRPC probes lack TLS
 
 
+def _client_env(values: dict[str, Any] | None) -> dict[str, str]:
+    return next(d for d in render.documents(values) if d["kind"] == "ConfigMap")["data"]
+
+
+@pytest.mark.parametrize("values_name", list(VALUES), ids=lambda n: n or "default")
+def test_client_configmap_names_the_ca_with_tls(values_name: str | None) -> None:
+    """An https:// server address comes with the CA file that verifies it (the clients' variable)."""
+    from mxfs import envs
+
+    env = _client_env(VALUES[values_name])
+    if (VALUES[values_name] or {}).get("tls", {}).get("secret"):
+        assert env["MODEL_EXPRESS_URL"].startswith("https://")
+        assert env[envs.MX_TLS_CA_FILE.name] == "/etc/mxfs/tls/ca.crt"
+    else:
+        assert not env["MODEL_EXPRESS_URL"].startswith("https://")
+        assert envs.MX_TLS_CA_FILE.name not in env
+    mine = {"tls": {"secret": "t"}, "client": {"env": {"MX_TLS_CA_FILE": "/certs/ca.pem"}}}
+    assert _client_env(mine)["MX_TLS_CA_FILE"] == "/certs/ca.pem"  # the user's own wins
+
+
 REAPER_ENV = {"heartbeatTimeoutSecs": "MX_HEARTBEAT_TIMEOUT_SECS", "gcTimeoutSecs": "MX_GC_TIMEOUT_SECS",
               "scanIntervalSecs": "MX_REAPER_SCAN_INTERVAL_SECS"}
 
