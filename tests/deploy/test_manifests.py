@@ -498,6 +498,24 @@ def test_token_and_tls_are_wired_when_turned_on(values_name: str | None) -> None
             assert "tcpSocket" in main[probe] and "grpc" not in main[probe]  # kubelet gRPC probes lack TLS
 
 
+def test_more_server_replicas_need_redis_and_a_shared_cache_volume() -> None:
+    """Replicas share one cache PVC: a ReadWriteOnce one (Recreate strategy) holds one replica,
+    and the embedded registry is one replica's; the chart refuses what would not run."""
+    with pytest.raises(helm_python.HelmError, match=r"redis\.enabled or redis\.url"):
+        render.documents({"server": {"replicas": 2}})
+    with pytest.raises(helm_python.HelmError, match="ReadWriteMany"):
+        render.documents({"server": {"replicas": 2}, "redis": {"enabled": True}})
+    shared = {"server": {"replicas": 3, "persistence": {"accessModes": ["ReadWriteMany"]}},
+              "redis": {"url": "redis://redis.infra:6379/0"}}
+    docs = render.documents(shared)
+    server = next(d for d in by_kind(docs, "Deployment") if d["metadata"]["name"] == "mxfs-server")
+    assert server["spec"]["replicas"] == 3 and "strategy" not in server["spec"]
+    [pvc] = by_kind(docs, "PersistentVolumeClaim")
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+    server = next(d for d in by_kind(render.documents(None), "Deployment") if d["metadata"]["name"] == "mxfs-server")
+    assert server["spec"]["replicas"] == 1 and server["spec"]["strategy"] == {"type": "Recreate"}
+
+
 def _client_env(values: dict[str, Any] | None) -> dict[str, str]:
     return next(d for d in render.documents(values) if d["kind"] == "ConfigMap")["data"]
 
