@@ -560,3 +560,49 @@ def test_source_reaper_defaults_are_upstreams_and_values_reach_the_server(monkey
     for name in REAPER_ENV.values():
         monkeypatch.setenv(name, env[name])
     assert [envs.seconds(getattr(envs, n)) for n in REAPER_ENV.values()] == [45.0, 7200.0, 2.5]
+
+
+README = DEPLOY / "README.md"
+
+
+def _readme_table(heading: str) -> dict[str, str]:
+    """First cell (backquotes dropped) -> the whole row, of the first table after ``heading``."""
+    text = README.read_text().split(heading, 1)[1]
+    rows = {}
+    for line in text.split("\n| --- |", 1)[1].splitlines()[1:]:
+        if not line.startswith("|"):
+            break
+        rows[line.split("|")[1].strip().strip("`")] = line
+    return rows
+
+
+def test_deploy_texts_name_files_that_exist() -> None:
+    """Every ``*.yaml`` the README, the chart's values, the profiles and the examples mention is a
+    file of deploy/ (they named values-small.yaml and friends, which never existed)."""
+    texts = [README, DEPLOY / "helm" / "mxfs" / "values.yaml", *(DEPLOY / "helm" / "values").glob("*.yaml"),
+             *(DEPLOY / "examples").glob("*.yaml")]
+    files = [f.relative_to(DEPLOY).as_posix() for f in DEPLOY.rglob("*.yaml")]
+    for text in texts:
+        for name in set(re.findall(r"[\w./-]*[\w-]\.yaml", text.read_text())) - {"mine.yaml"}:
+            name = name.removeprefix("deploy/")
+            assert any(f == name or f.endswith("/" + name) for f in files), (text.name, name)
+
+
+def test_readme_profile_table_lists_every_values_file() -> None:
+    rows = _readme_table("## Choosing values")
+    assert set(rows) == {"(none)"} | {f"{n}.yaml" for n in VALUES if n}
+    assert "200 Gi server cache" in rows["(none)"]  # the chart's default persistence.size
+    defaults = yaml.safe_load((DEPLOY / "helm" / "mxfs" / "values.yaml").read_text())
+    assert defaults["server"]["persistence"]["size"] == "200Gi"
+    assert "--cache-size" not in defaults["node"]["extraArgs"]  # hence "no node cache bound"
+
+
+def test_readme_node_pod_table_names_every_mount() -> None:
+    """The README's "key mounts" of each node-pod container name every volume it mounts (by
+    mount path or by volume name), e.g. the csi plugin's host cache dir with the daemon's socket."""
+    rows = _readme_table("## How the node pod is wired")
+    [ds] = by_kind(render.documents(), "DaemonSet")
+    for c in ds["spec"]["template"]["spec"]["containers"]:
+        cell = rows[c["name"]].split("|")[3]
+        for m in c.get("volumeMounts", []):
+            assert m["mountPath"] in cell or m["name"].replace("-", " ") in cell, (c["name"], m)
