@@ -320,6 +320,8 @@ def test_server_ports_and_addresses_agree(values_name: str | None) -> None:
 CLI_CASES = {
     "peer-token-only": {"peerTokenSecret": "mxfs-peer-token"},
     "auth-reads": {"auth": {"tokenSecret": "mxfs-auth", "requireForReads": True}},
+    "eviction": {"server": {"eviction": {"minFree": "50Gi", "maxModels": 1000000, "maxUnusedSecs": 604800}}},
+    "eviction-off": {"server": {"eviction": {"minFree": "", "maxModels": 0, "maxUnusedSecs": 0}}},
     "origins": {"server": {"origins": ["hf", "s3://models/prefix", "/srv/models"],
                            "modelUris": ["acme/llama-ft=gs://bucket/llama-ft"], "originMode": "hydrate"}},
 }
@@ -461,6 +463,22 @@ def test_service_account_names_and_create_false() -> None:
     assert accounts == set() and used == {"mxfs-server": "default", "mxfs-node": "gpu-nodes"}
     accounts, used = _service_accounts({"serviceAccount": {"name": {"server": "models", "node": "fuse"}}})
     assert accounts == {"models", "fuse"} and used == {"mxfs-server": "models", "mxfs-node": "fuse"}
+
+
+def test_server_eviction_values_reach_the_server() -> None:
+    """The server evicts nothing by default; the chart's ``server.eviction`` turns bounds on
+    (``minFree`` 20GiB by default) and the server parses what it renders."""
+    from mxfs.cli import build_parser
+
+    args = _server_args(None)
+    assert flags(args, "min-free") == ["20GiB"]
+    assert flags(args, "max-models") == [] and flags(args, "max-unused") == []
+    args = _server_args(CLI_CASES["eviction"])
+    assert flags(args, "max-models") == ["1000000"] and flags(args, "max-unused") == ["604800"]
+    parsed = build_parser().parse_args(args)
+    assert (parsed.min_free_bytes, parsed.max_models, parsed.max_unused_s) == (50 << 30, 1000000, 604800.0)
+    args = _server_args(CLI_CASES["eviction-off"])
+    assert not [a for a in args if a.startswith(("--min-free", "--max-models", "--max-unused"))]
 
 
 def pod_labels(workload: dict[str, Any]) -> dict[str, str]:
