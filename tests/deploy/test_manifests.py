@@ -322,6 +322,7 @@ CLI_CASES = {
     "auth-reads": {"auth": {"tokenSecret": "mxfs-auth", "requireForReads": True}},
     "eviction": {"server": {"eviction": {"minFree": "50Gi", "maxModels": 1000000, "maxUnusedSecs": 604800}}},
     "eviction-off": {"server": {"eviction": {"minFree": "", "maxModels": 0, "maxUnusedSecs": 0}}},
+    "ports-off": {"server": {"metricsPort": 0, "dataPort": 0}, "node": {"metricsPort": 0}},
     "origins": {"server": {"origins": ["hf", "s3://models/prefix", "/srv/models"],
                            "modelUris": ["acme/llama-ft=gs://bucket/llama-ft"], "originMode": "hydrate"}},
 }
@@ -479,6 +480,27 @@ def test_server_eviction_values_reach_the_server() -> None:
     assert (parsed.min_free_bytes, parsed.max_models, parsed.max_unused_s) == (50 << 30, 1000000, 604800.0)
     args = _server_args(CLI_CASES["eviction-off"])
     assert not [a for a in args if a.startswith(("--min-free", "--max-models", "--max-unused"))]
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_metrics_and_data_ports_0_are_off(version: str) -> None:
+    """0 turns the server's metrics and data ports and the daemon's metrics port off: passed as
+    0 (the server's own defaults are 9091 and 8002), no port 0 in a pod or Service, no scrape."""
+    docs = render.documents(CLI_CASES["ports-off"])
+    for doc in docs:
+        validate(doc, version)
+    server = next(d for d in by_kind(docs, "Deployment") if d["metadata"]["name"] == "mxfs-server")
+    service = next(d for d in by_kind(docs, "Service") if d["metadata"]["name"] == "mxfs-server")
+    [ds] = by_kind(docs, "DaemonSet")
+    main = container(server["spec"]["template"]["spec"], "server")
+    daemon = container(ds["spec"]["template"]["spec"], "mxfsd")
+    assert flag(main["args"], "metrics-port") == "0" and flag(main["args"], "data-port") == "0"
+    assert flag(daemon["args"], "metrics-port") == "0"
+    assert [p["name"] for p in main["ports"]] == ["grpc"]
+    assert [p["name"] for p in service["spec"]["ports"]] == ["grpc"]
+    assert "ports" not in daemon  # and no peer port without a token
+    for workload in (server, ds):
+        assert "prometheus.io/scrape" not in workload["spec"]["template"]["metadata"]["annotations"]
 
 
 def pod_labels(workload: dict[str, Any]) -> dict[str, str]:

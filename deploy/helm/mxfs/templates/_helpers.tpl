@@ -90,8 +90,9 @@ redis://{{ include "mxfs.fullname" . }}-redis.{{ .Release.Namespace }}.svc:6379/
 {{- end -}}
 {{- end -}}
 
+{{/* Prometheus scrape annotations for a metrics port; none when the port is 0 (off). */}}
 {{- define "mxfs.metricsAnnotations" -}}
-{{- if .root.Values.metrics.annotations }}
+{{- if and .root.Values.metrics.annotations .port }}
 prometheus.io/scrape: "true"
 prometheus.io/port: {{ .port | quote }}
 prometheus.io/path: /metrics
