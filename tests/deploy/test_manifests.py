@@ -503,6 +503,30 @@ def test_metrics_and_data_ports_0_are_off(version: str) -> None:
         assert "prometheus.io/scrape" not in workload["spec"]["template"]["metadata"]["annotations"]
 
 
+# Read by the process or its libraries rather than by mxfs.envs.
+PROCESS_ENV = {"HOME"}
+
+
+@pytest.mark.parametrize("values_name", list(VALUES), ids=lambda n: n or "default")
+def test_mxfs_containers_get_only_env_that_is_read(values_name: str | None) -> None:
+    """Every variable the chart sets on an mxfs container is one mxfs reads (mxfs.envs), or one
+    its args use as ``$(VAR)``: the daemon had a NODE_NAME that nothing read."""
+    from mxfs import envs
+
+    known = {v.name for v in envs.ALL} | PROCESS_ENV
+    docs = render.documents(VALUES[values_name])
+    [ds] = by_kind(docs, "DaemonSet")
+    server = next(d for d in by_kind(docs, "Deployment") if d["metadata"]["name"] == "mxfs-server")
+    pods = [server["spec"]["template"]["spec"], ds["spec"]["template"]["spec"]]
+    checked = 0
+    for c in (c for spec in pods for c in spec["containers"] if c["image"].startswith("localhost/mxfs:")):
+        used = set(re.findall(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", " ".join(c["args"])))
+        for e in c.get("env", []):
+            assert e["name"] in known | used, (c["name"], e["name"])
+            checked += 1
+    assert checked
+
+
 def pod_labels(workload: dict[str, Any]) -> dict[str, str]:
     return workload["spec"]["template"]["metadata"]["labels"]
 
