@@ -3,13 +3,18 @@
 import argparse
 import sys
 
+from mxfs.errors import MxfsError
 from mxfs_csi.cli import add_arguments, run
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="mxfs csi", description=__doc__)
     add_arguments(parser)
-    return run(parser.parse_args())
+    try:
+        return run(parser.parse_args())
+    except (MxfsError, ValueError, OSError) as exc:
+        print(f"mxfs csi: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

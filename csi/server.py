@@ -52,7 +52,10 @@ def socket_path(endpoint: str) -> Path:
 def build_server(config: CsiConfig) -> grpc.Server:
     """A started gRPC server answering Identity and Node on the config's socket."""
     path = socket_path(config.endpoint)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot create the CSI socket's directory {path.parent}: {exc.strerror}") from None
     if path.is_socket():
         path.unlink()  # left by a previous run; kubelet reconnects by path
     node_mount = NodeMount(config.mountpoint)
@@ -60,7 +63,10 @@ def build_server(config: CsiConfig) -> grpc.Server:
     csi_pb2_grpc.add_IdentityServicer_to_server(IdentityService(config.driver_name, node_mount), server)
     node = NodeService(config.node_id, node_mount, Publisher(), config.kubelet_dir)
     csi_pb2_grpc.add_NodeServicer_to_server(node, server)
-    server.add_insecure_port(f"unix://{path}")
+    try:
+        server.add_insecure_port(f"unix://{path}")
+    except RuntimeError as exc:  # grpc reports a failed bind this way
+        raise OSError(f"cannot listen on the CSI socket {path}: {exc}") from None
     server.start()
     os.chmod(path, 0o660)
     log.info(

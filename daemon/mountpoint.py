@@ -9,7 +9,14 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from mxfs.errors import MxfsError
+
 log = logging.getLogger(__name__)
+UNMOUNT_TIMEOUT_S = 30.0
+
+
+class UnmountError(MxfsError):
+    """The unmount tool refused or hung; the message carries what it said."""
 
 
 def _unescape(field: str) -> str:
@@ -50,12 +57,21 @@ def recover_stale(path: str | Path) -> None:
 
 
 def unmount(path: str | Path, lazy: bool = False) -> None:
+    """Unmount with ``fusermount3 -u`` (works unprivileged for the mount's owner), else
+    ``umount``; raises UnmountError with the tool's message."""
     tool = shutil.which("fusermount3") or shutil.which("fusermount")
     if tool:
         cmd = [tool, "-u", *(["-z"] if lazy else []), str(path)]
     else:
         cmd = ["umount", *(["-l"] if lazy else []), str(path)]
-    subprocess.run(cmd, check=True, capture_output=True, timeout=30)
+    try:
+        subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=UNMOUNT_TIMEOUT_S)
+    except subprocess.CalledProcessError as exc:
+        said = (exc.stderr or exc.stdout or "").strip().splitlines()
+        raise UnmountError(f"cannot unmount {path}: {said[-1] if said else f'{cmd[0]} exited {exc.returncode}'}"
+                           + ("" if lazy else " (busy? --lazy detaches it now)")) from None
+    except subprocess.TimeoutExpired:
+        raise UnmountError(f"cannot unmount {path}: {cmd[0]} did not finish in {UNMOUNT_TIMEOUT_S:g}s") from None
 
 
 def tune(path: str | Path, read_ahead_kb: int = 1024, max_background: int = 64) -> None:

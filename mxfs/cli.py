@@ -1,4 +1,4 @@
-"""The ``mxfs`` command line: server, mount, health, model, prefetch, status, demo, csi."""
+"""The ``mxfs`` command line: server, mount, umount, health, model, prefetch, status, demo, csi."""
 
 from __future__ import annotations
 
@@ -191,17 +191,29 @@ def cmd_model(args: argparse.Namespace) -> int:
     return 0
 
 
+SERVER_HELP = "server host:port, or https://host:port for TLS (default $MODEL_EXPRESS_URL)"
+CLIENT_EPILOG = ("The cluster token comes from $MX_AUTH_TOKEN_FILE or $MX_AUTH_TOKEN, the CA of an https:// "
+                 "server from $MX_TLS_CA_FILE (else the system's roots).")
+
+
+def add_server_option(p: argparse.ArgumentParser, nested: bool = False) -> None:
+    """``--server``; ``nested``: on a subcommand under one that has it too (``mxfs model --server A
+    list`` and ``mxfs model list --server A`` both work), so it leaves a value given earlier alone."""
+    p.add_argument("--server", help=SERVER_HELP, **({"default": argparse.SUPPRESS} if nested else {}))
+
+
 def add_client_commands(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("health", help="check a server")
-    p.add_argument("--server", help="server host:port (default $MODEL_EXPRESS_URL)")
-    p.add_argument("--timeout", type=float, default=5.0)
+    p = sub.add_parser("health", help="check a server", epilog=CLIENT_EPILOG)
+    add_server_option(p)
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the answer (default 5)")
     p.set_defaults(func=cmd_health)
-    p = sub.add_parser("model", help="models known to a server")
-    p.add_argument("--server", help="server host:port (default $MODEL_EXPRESS_URL)")
+    p = sub.add_parser("model", help="models known to a server", epilog=CLIENT_EPILOG)
+    add_server_option(p)
     msub = p.add_subparsers(dest="model_cmd", required=True)
-    msub.add_parser("list", help="list models")
-    f = msub.add_parser("files", help="list the files of a model")
+    add_server_option(msub.add_parser("list", help="list models", epilog=CLIENT_EPILOG), nested=True)
+    f = msub.add_parser("files", help="list the files of a model", epilog=CLIENT_EPILOG)
     f.add_argument("model", help="ORG/NAME[@REV]")
+    add_server_option(f, nested=True)
     p.set_defaults(func=cmd_model)
 
 
@@ -225,7 +237,8 @@ def add_node_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--page-cache", action="store_true", help="also fill the kernel page cache")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--wait", action="store_true",
-                   help="exit 0 only once every file is complete and verified in the node cache")
+                   help="exit 1 unless every file ended complete and verified in the node cache "
+                        "(the command always follows the hydration to its end)")
     p.set_defaults(func=cmd_prefetch)
     p = sub.add_parser("status", help="models, cache and byte sources of a node daemon")
     p.add_argument("mountpoint")
@@ -271,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, MxfsError, ValueError) as exc:
+    except (ConfigError, MxfsError, ValueError, OSError) as exc:
+        logging.getLogger("mxfs").debug("mxfs %s failed", args.command, exc_info=True)
         print(f"mxfs {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

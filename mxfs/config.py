@@ -214,9 +214,12 @@ def parse_size(text: str) -> int:
     mult = units.get(t[-1:], 1)
     number = t[:-1] if t[-1:] in units else t
     try:
-        return int(float(number) * mult)
+        value = float(number) * mult
     except ValueError:
         raise ValueError(f"not a size: {text!r}") from None
+    if not 0 <= value < float(1 << 63):  # also refuses inf and nan
+        raise ValueError(f"not a size: {text!r} (a size is 0 or more bytes)")
+    return int(value)
 
 
 def load(

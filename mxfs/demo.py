@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -55,7 +56,10 @@ def _stop_daemon(proc: subprocess.Popen | None, mnt: Path) -> None:
     _stop_child(proc, "the daemon")
     if mountpoint.is_mounted(mnt):  # a daemon that died without unmounting: detach what it left
         print(f"the daemon left {mnt} mounted: detaching it", file=sys.stderr)
-        mountpoint.unmount(mnt, lazy=True)
+        try:
+            mountpoint.unmount(mnt, lazy=True)
+        except MxfsError as exc:  # never hide the error that ended the demo
+            print(exc, file=sys.stderr)
 
 
 _HANDED_OUT: set[int] = set()
@@ -104,12 +108,37 @@ def wait_for(predicate, timeout_s: float, what: str) -> None:
     raise TimeoutError(f"timed out after {timeout_s:g}s waiting for {what}")
 
 
+def _wait_started(predicate, timeout_s: float, what: str, proc: subprocess.Popen, log_path: Path) -> None:
+    """``wait_for`` that gives up as soon as ``proc`` exits; both failures name its log."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        if proc.poll() is not None:
+            raise MxfsError(f"{what} exited with status {proc.returncode} before it was up; see {log_path}")
+        time.sleep(0.1)
+    raise MxfsError(f"{what} was not up after {timeout_s:g}s; see {log_path}")
+
+
+def _demo_model(workdir: Path, size: int) -> Path:
+    """The generated model, made again when an earlier run made it at another size."""
+    origin = workdir / "origin" / DEMO_MODEL
+    marker = workdir / "model-size"
+    made = marker.read_text().strip() if marker.exists() else None
+    if (origin / "config.json").exists() and made in (None, str(size)):
+        return origin
+    if origin.exists():
+        shutil.rmtree(origin)
+    print(f"generating a {size >> 20} MiB random model in {origin} ...", flush=True)
+    generate_model(origin, ModelShape.for_size(size, hidden=512, vocab=4096), shard_bytes=128 << 20)
+    marker.write_text(f"{size}\n")
+    return origin
+
+
 def run_demo(workdir: Path, size: int, check: bool = False) -> int:
     workdir = workdir.resolve()
-    origin = workdir / "origin" / DEMO_MODEL
-    if not (origin / "config.json").exists():
-        print(f"generating a {size >> 20} MiB random model in {origin} ...", flush=True)
-        generate_model(origin, ModelShape.for_size(size, hidden=512, vocab=4096), shard_bytes=128 << 20)
+    workdir.mkdir(parents=True, exist_ok=True)
+    origin = _demo_model(workdir, size)
     mnt = workdir / "models"
     port = free_port()
     env = dict(os.environ, MXFS_LOG_FORMAT=os.environ.get("MXFS_LOG_FORMAT", "text"))
@@ -133,13 +162,14 @@ def run_demo(workdir: Path, size: int, check: bool = False) -> int:
             except MxfsError:
                 return False
 
-        wait_for(server_up, 30, "the server")
+        _wait_started(server_up, 30, "the server", server, workdir / "server.log")
         daemon = subprocess.Popen(
             [*cmd, "mount", str(mnt), "--server", f"127.0.0.1:{port}", "--cache-dir",
              str(workdir / "node-cache"), "--model", DEMO_MODEL],
             env=env, stdout=(workdir / "daemon.log").open("w"), stderr=subprocess.STDOUT, start_new_session=True,
         )
-        wait_for(lambda: (mnt / DEMO_MODEL / "config.json").exists(), 60, "the mount")
+        _wait_started(lambda: (mnt / DEMO_MODEL / "config.json").exists(), 60, "the node daemon", daemon,
+                      workdir / "daemon.log")
         files = sorted(p.relative_to(mnt / DEMO_MODEL) for p in (mnt / DEMO_MODEL).rglob("*") if p.is_file())
         print(f"\nmxfs demo is up: server 127.0.0.1:{port}, mount {mnt}")
         print(f"model {DEMO_MODEL}: {len(files)} files, shown before any weight byte moved")

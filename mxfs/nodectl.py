@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
@@ -19,14 +20,26 @@ LOG_EVERY_S = 2.0
 
 
 def _xattr(path: Path, name: str) -> str | None:
+    """An mxfs xattr of ``path``; None where the file has none (not served by mxfs). What the
+    mount itself answers (no such model, server unreachable, daemon gone) is an MxfsError."""
     try:
         return os.getxattr(path, XATTR + name).decode()
-    except OSError:
-        return None
+    except OSError as exc:
+        if exc.errno in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP):
+            return None
+        if exc.errno == errno.ENOENT:
+            raise MxfsError(f"{path}: no such file or model") from None
+        if exc.errno in (errno.ENOTCONN, errno.ECONNABORTED):
+            raise MxfsError(f"{path}: the mount's daemon is gone (stale mount: `mxfs umount` it, "
+                            "or restart the daemon)") from None
+        if exc.errno == errno.EIO:
+            raise MxfsError(f"{path}: I/O error from the mount (server unreachable? see the daemon's log)") from None
+        raise MxfsError(f"{path}: {exc.strerror}") from None
 
 
 def control_socket(path: Path) -> str:
     """The daemon's control socket, from the ``user.mxfs.control`` xattr of the mount root."""
+    path = Path(os.path.abspath(path))  # a relative path has no parents to walk up
     for candidate in (path, *path.parents):
         value = _xattr(candidate, "control")
         if value:
@@ -36,6 +49,21 @@ def control_socket(path: Path) -> str:
 
 def _stub(path: Path) -> node_pb2_grpc.NodeControlStub:
     return node_pb2_grpc.NodeControlStub(grpc.insecure_channel(f"unix://{control_socket(path)}"))
+
+
+def _failed(what: str, path: Path, exc: grpc.RpcError) -> MxfsError:
+    """A control call's gRPC error as the MxfsError a user can act on."""
+    code = exc.code()
+    if code == grpc.StatusCode.NOT_FOUND:
+        return ModelNotFound(exc.details())
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return InvalidModelName(exc.details())
+    if code == grpc.StatusCode.UNAVAILABLE:
+        socket = control_socket(path)
+        if os.path.exists(socket) and not os.access(socket, os.R_OK | os.W_OK):
+            return MxfsError(f"{what}: permission denied on the daemon's control socket {socket} (run as root)")
+        return MxfsError(f"{what}: the daemon does not answer on {socket} ({exc.details()})")
+    return MxfsError(f"{what}: {code.name}: {exc.details()}")
 
 
 def hydrate_model(path: Path, timeout_s: float | None = None) -> node_pb2.PrefetchProgress:
@@ -51,7 +79,7 @@ def hydrate_model(path: Path, timeout_s: float | None = None) -> node_pb2.Prefet
                                             timeout=timeout_s):
             last = message
     except grpc.RpcError as exc:
-        raise MxfsError(f"prefetch of {name}: {exc.code().name}: {exc.details()}") from exc
+        raise _failed(f"prefetch of {name}", path, exc) from exc
     return last
 
 
@@ -86,12 +114,7 @@ def prefetch(path: Path, page_cache: bool = False, progress: bool = True, wait: 
                              "model": name, "done_bytes": last.done_bytes, "total_bytes": last.total_bytes,
                              "rate_bytes_s": round(rate), "eta_s": None if eta == float("inf") else round(eta, 1)}})
     except grpc.RpcError as exc:
-        code = exc.code()
-        if code == grpc.StatusCode.NOT_FOUND:
-            raise ModelNotFound(exc.details()) from exc
-        if code == grpc.StatusCode.INVALID_ARGUMENT:
-            raise InvalidModelName(exc.details()) from exc
-        raise MxfsError(f"prefetch failed: {exc.details()}") from exc
+        raise _failed(f"prefetch of {name}", path, exc) from exc
     finally:
         if bar is not None:
             bar.close()
@@ -107,7 +130,10 @@ def prefetch(path: Path, page_cache: bool = False, progress: bool = True, wait: 
 
 
 def status(mountpoint: Path) -> node_pb2.NodeStatus:
-    return _stub(mountpoint).Status(node_pb2.NodeStatusRequest(), timeout=10)
+    try:
+        return _stub(mountpoint).Status(node_pb2.NodeStatusRequest(), timeout=10)
+    except grpc.RpcError as exc:
+        raise _failed(f"status of {mountpoint}", mountpoint, exc) from exc
 
 
 def print_status(mountpoint: Path) -> int:
@@ -140,12 +166,7 @@ def resolve(mountpoint: Path, name: str, revision: str, timeout_s: float = 60.0)
             reply = node_pb2_grpc.NodeControlStub(channel).Resolve(
                 node_pb2.ResolveRequest(name=name, revision=revision), timeout=timeout_s)
         except grpc.RpcError as exc:
-            code = exc.code()
-            if code == grpc.StatusCode.NOT_FOUND:
-                raise ModelNotFound(exc.details()) from exc
-            if code == grpc.StatusCode.INVALID_ARGUMENT:
-                raise InvalidModelName(exc.details()) from exc
-            if code == grpc.StatusCode.UNIMPLEMENTED:
+            if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
                 raise NotAnMxfsMount(f"the daemon of {mountpoint} cannot resolve on request") from exc
-            raise MxfsError(f"resolving {name}@{revision} through {socket}: {code.name}: {exc.details()}") from exc
+            raise _failed(f"resolving {name}@{revision}", mountpoint, exc) from exc
     return reply.revision

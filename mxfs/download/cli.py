@@ -14,12 +14,15 @@ def cmd_download(args: argparse.Namespace) -> int:
     from mxfs.download.hfcache import download_model, ensure_on_server
     from mxfs.manifest.names import validate_name, validate_revision
 
-    address = args.download_server or getattr(args, "server", None) or envs.MODEL_EXPRESS_URL.get()
+    address = getattr(args, "server", None) or envs.MODEL_EXPRESS_URL.get()
     if not address:
         raise ConfigError("no server address: pass --server or set MODEL_EXPRESS_URL")
     name = validate_name(args.model_id)
     revision = validate_revision(args.revision) if args.revision else ""
     if not (args.no_shared_storage or envs.flag(envs.MODEL_EXPRESS_NO_SHARED_STORAGE)):
+        if args.cache_dir:
+            raise ConfigError("--cache-dir is where --no-shared-storage streams the files; with shared "
+                              "storage the server holds them and nothing is written here")
         rev = ensure_on_server(address, name, revision, on_status=lambda s: print(s, file=sys.stderr))
         print(f"{name}@{rev} is on the server (shared storage)")
         return 0
@@ -45,6 +48,8 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from mxfs.cli import add_server_option
+
     """Add ``download`` under the existing ``mxfs model`` command (or as ``mxfs model-download``)."""
     model = sub.choices.get("model")
     msub = next((a for a in (model._actions if model else []) if isinstance(a, argparse._SubParsersAction)), None)
@@ -54,8 +59,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--revision", help="branch, tag or 40-hex revision (default main)")
     p.add_argument("--no-shared-storage", action="store_true",
                    help="stream the files into the local cache ($MODEL_EXPRESS_NO_SHARED_STORAGE=1)")
-    p.add_argument("--cache-dir", help="HF hub cache (default $MODEL_EXPRESS_CACHE_DIRECTORY, $HF_HUB_CACHE, "
-                                       "~/.cache/huggingface/hub)")
-    p.add_argument("--server", dest="download_server", help="server host:port (default $MODEL_EXPRESS_URL)")
+    p.add_argument("--cache-dir", help="with --no-shared-storage: the HF hub cache to fill (default "
+                                       "$MODEL_EXPRESS_CACHE_DIRECTORY, $HF_HUB_CACHE, ~/.cache/huggingface/hub)")
+    add_server_option(p, nested=msub is not None)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_download)

@@ -87,7 +87,7 @@ class MxfsClient:
     def health(self, timeout_s: float | None = None) -> Health:
         _, stub = self._stubs()
         try:
-            r = stub.GetHealth(health_pb2.HealthRequest(), timeout=timeout_s or self.timeout_s)
+            r = stub.GetHealth(health_pb2.HealthRequest(), timeout=self.timeout_s if timeout_s is None else timeout_s)
         except grpc.RpcError as exc:
             raise translate_rpc_error(exc, "health") from exc
         return Health(r.version, r.status, r.uptime)
