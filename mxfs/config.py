@@ -99,6 +99,22 @@ class ServerConfig:
             raise ConfigError("max_workers must be >= 1")
         if not self.cache_dir:
             raise ConfigError("cache_dir is required")
+        if self.metadata_backend.lower() not in ("", "embedded", "redis"):
+            raise ConfigError(f"metadata_backend must be embedded or redis, not {self.metadata_backend!r}")
+
+    def check_paths(self) -> None:
+        """What :meth:`validate` leaves to the machine that runs the server (``--validate-config``
+        checks the shape alone, elsewhere): the cache directory can be created and written, the
+        local model directories exist, the TLS files hold a matching PEM certificate and key."""
+        _check_writable_dir(self.cache_dir, "cache_dir")
+        local = [("models_dir", self.models_dir)] if self.models_dir else []
+        local += [("origin", o.strip()) for o in self.origins or [] if o.strip().startswith("/")]
+        for name, path in local:
+            if not os.path.isdir(path):
+                what = "is not a directory" if os.path.exists(path) else "does not exist"
+                raise ConfigError(f"{name} {path} {what}")
+        if self.tls_cert_file:
+            check_tls_pair(self.tls_cert_file, self.tls_key_file)
 
 
 @dataclass
@@ -184,6 +200,40 @@ def _resolve_auth(cfg: ServerConfig | MountConfig) -> None:
             raise ConfigError(str(exc)) from exc
     if not cfg.peer_token:
         cfg.peer_token = cfg.auth_token
+
+
+def _check_writable_dir(path: str, name: str) -> None:
+    """``path`` is (or can be made) a directory this process can create files in."""
+    import tempfile
+
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path, prefix=".mxfs-write-check-"):
+            pass
+    except FileExistsError:
+        raise ConfigError(f"{name} {path} is not a directory") from None
+    except OSError as exc:
+        raise ConfigError(f"{name} {path} is not a writable directory: {exc.strerror or exc}") from exc
+
+
+def check_tls_pair(cert_file: str, key_file: str) -> None:
+    """Both files readable, PEM, and the key the certificate's."""
+    import ssl
+
+    for path, what, marker in ((cert_file, "TLS certificate file", b"-----BEGIN CERTIFICATE-----"),
+                               (key_file, "TLS key file", b"PRIVATE KEY-----")):
+        try:
+            data = Path(path).read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"cannot read the {what} {path}: {exc.strerror or exc}") from exc
+        if marker not in data:
+            kind = "certificate" if "certificate" in what else "private key"
+            raise ConfigError(f"the {what} {path} holds no PEM {kind}")
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert_file, key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"the TLS certificate {cert_file} and key {key_file} cannot be used together: "
+                          f"{getattr(exc, 'reason', None) or exc}") from exc
 
 
 def _check_port(port: int, name: str, allow_zero: bool = False) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import socket
 import ssl
 from collections.abc import Callable
 from concurrent import futures
@@ -64,14 +66,16 @@ class Server:
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
+        config.check_paths()
         state_dir = Path(config.cache_dir)
-        state_dir.mkdir(parents=True, exist_ok=True)
         self.metrics = ServerMetrics()
         self.catalog = ModelCatalog(build_origins(config, state_dir, self.metrics), state_dir, config.block_size,
                                     misses=RecentMisses(config.negative_ttl))
         self.grpc_server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="mxfs-rpc"),
-            options=CHANNEL_OPTIONS, interceptors=server_interceptors(config.auth_token, config.auth_reads),
+            # no SO_REUSEPORT: a second server on a port in use must fail, not share it
+            options=[*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)],
+            interceptors=server_interceptors(config.auth_token, config.auth_reads),
         )
         self.ctx = ServerContext(config, state_dir, self.catalog, self.metrics, self.grpc_server)
         self.servicer = MxfsServicer(self.catalog, self.metrics, config.chunk_size)
@@ -80,9 +84,13 @@ class Server:
         self.ctx.services += [SERVICE_NAME, HEALTH_SERVICE_NAME]
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
-        for plugin in SERVICE_PLUGINS:
-            plugin(self.ctx)
         self.port = 0
+        try:
+            for plugin in SERVICE_PLUGINS:
+                plugin(self.ctx)
+        except BaseException:
+            self._undo()
+            raise
         self.metrics_port = 0
 
     def _data_plane_tls(self) -> ssl.SSLContext | None:
@@ -100,33 +108,69 @@ class Server:
 
     def _listen(self) -> int:
         bind = f"{self.config.host}:{self.config.port}"
+        why = _why_not_bindable(self.config.host, self.config.port) if self.config.port else None
+        if why is not None:
+            raise _bind_error("--port", self.config.host, self.config.port, why)
         if not self.config.tls_cert_file:
-            return self.grpc_server.add_insecure_port(bind)
-        key = read_pem(self.config.tls_key_file, "TLS key file")
-        cert = read_pem(self.config.tls_cert_file, "TLS certificate file")
-        return self.grpc_server.add_secure_port(bind, grpc.ssl_server_credentials([(key, cert)]))
+            credentials = None
+        else:
+            key = read_pem(self.config.tls_key_file, "TLS key file")
+            cert = read_pem(self.config.tls_cert_file, "TLS certificate file")
+            credentials = grpc.ssl_server_credentials([(key, cert)])
+        try:  # grpcio returns 0, or (newer) raises RuntimeError, without saying why
+            port = (self.grpc_server.add_secure_port(bind, credentials) if credentials
+                    else self.grpc_server.add_insecure_port(bind))
+        except RuntimeError:
+            port = 0
+        if port == 0:
+            raise _bind_error("--port", self.config.host, self.config.port, None)
+        return port
 
     def start(self) -> None:
+        """Listen on every port, or raise with none left open (the parts started are stopped)."""
+        try:
+            self._start()
+        except BaseException:
+            self._undo()
+            raise
+
+    def _undo(self) -> None:
+        """Stop what a failed start or construction had started, quietly."""
+        try:
+            self.grpc_server.stop(None)
+        except Exception:
+            log.debug("stopping the gRPC server after a failed start", exc_info=True)
+        for fn in reversed(self.ctx.on_stop):
+            try:
+                fn()
+            except Exception:
+                log.debug("stopping %r after a failed start", fn, exc_info=True)
+        self.ctx.on_stop.clear()
+
+    def _start(self) -> None:
         data_scheme = "off"
         if self.config.data_port:
             token = self.config.auth_token if self.config.auth_reads else ""
-            data = RangeServer(self.config.host, self.config.data_port, self.catalog, self.metrics,
-                               self.config.chunk_size, tls=self._data_plane_tls(), token=token)
+            tls = self._data_plane_tls()
+            try:
+                data = RangeServer(self.config.host, self.config.data_port, self.catalog, self.metrics,
+                                   self.config.chunk_size, tls=tls, token=token)
+            except OSError as exc:
+                raise _bind_error("--data-port", self.config.host, self.config.data_port, exc) from exc
             data.start()
             self.servicer.data_port = data.server_address[1]
             self.ctx.on_stop.append(data.stop)
             data_scheme = f"{data.scheme}{' + token' if token else ''}"
         self.port = self._listen()
-        if self.port == 0:
-            raise OSError(f"cannot listen on {self.config.host}:{self.config.port}")
         self.grpc_server.start()
         if self.config.metrics_port:
-            httpd, _ = start_http_server(
-                self.config.metrics_port, addr=self.config.metrics_host or self.config.host,
-                registry=self.metrics.registry
-            )
+            host = self.config.metrics_host or self.config.host
+            try:
+                httpd, _ = start_http_server(self.config.metrics_port, addr=host, registry=self.metrics.registry)
+            except OSError as exc:
+                raise _bind_error("--metrics-port", host, self.config.metrics_port, exc) from exc
             self.metrics_port = httpd.server_port
-            self.ctx.on_stop.append(httpd.shutdown)
+            self.ctx.on_stop.extend([httpd.server_close, httpd.shutdown])  # run in reverse
         for name in ("", *self.ctx.services):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("mxfs server listening on %s:%d (%s, data %s %s, metrics %s), origins: %s", self.config.host,
@@ -139,6 +183,29 @@ class Server:
         self.grpc_server.stop(grace).wait()
         for fn in reversed(self.ctx.on_stop):
             fn()
+
+
+def _bind_error(flag: str, host: str, port: int, exc: OSError | None) -> OSError:
+    """``cannot listen on HOST:PORT (--flag): reason`` (exit status 2 from the CLI)."""
+    reason = (os.strerror(exc.errno) if exc.errno else str(exc)) if exc else "the address is in use or not available"
+    return OSError(f"cannot listen on {host}:{port} ({flag}): {reason}")
+
+
+def _why_not_bindable(host: str, port: int) -> OSError | None:
+    """Why ``host:port`` cannot be listened on (a port in use, an address not on this machine), or
+    None: checked before gRPC binds, since gRPC does not say why (and logs a line of its own)."""
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError:
+        return None  # gRPC resolves it its own way
+    for family, kind, proto, _, addr in infos:
+        try:
+            with socket.socket(family, kind, proto) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind(addr)
+        except OSError as exc:
+            return exc
+    return None
 
 
 def run(config: ServerConfig) -> int:
