@@ -8,6 +8,27 @@ import threading
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
+class StopSignal:
+    """SIGTERM/SIGINT handlers installed now (a signal that comes during start-up is kept, not
+    fatal); :meth:`wait` blocks until one came, ``event`` lets start-up steps give up early."""
+
+    def __init__(self) -> None:
+        self.got: list[int] = []
+        self.event = threading.Event()
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, self._handler)
+
+    def _handler(self, signum: int, _frame: object) -> None:
+        self.got.append(signum)
+        self.event.set()
+
+    def wait(self, poll_s: float = 0.5) -> int:
+        """The signal's number, once one came (wakes every ``poll_s``: see :func:`wait_for_stop_signal`)."""
+        while not self.event.wait(poll_s):
+            pass
+        return self.got[0]
+
+
 def wait_for_stop_signal(poll_s: float = 0.5) -> int:
     """Block until SIGTERM or SIGINT; returns the signal's number.
 

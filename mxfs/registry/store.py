@@ -263,6 +263,10 @@ class RedisStore:
     def zrem(self, key: str, *members: str) -> int:
         return int(self._r.zrem(self._k(key), *members)) if members else 0
 
+    def ping(self) -> None:
+        """Raises redis' ConnectionError / TimeoutError while Redis does not answer."""
+        self._r.ping()
+
     def close(self) -> None:
         self._r.close()
 

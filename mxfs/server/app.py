@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import ssl
+import threading
 from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -16,7 +17,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import start_http_server
 
-from mxfs.config import ServerConfig
+from mxfs import envs
+from mxfs.config import ConfigError, ServerConfig
 from mxfs.misses import RecentMisses
 from mxfs.origins.base import Origin
 from mxfs.origins.local import LocalOrigin
@@ -29,7 +31,7 @@ from mxfs.server.datahttp import RangeServer
 from mxfs.server.metrics import ServerMetrics
 from mxfs.server.model_cache import build_remote_origins
 from mxfs.server.service import HEALTH_SERVICE_NAME, SERVICE_NAME, HealthServicer, MxfsServicer, add_to_server
-from mxfs.stopsignal import wait_for_stop_signal
+from mxfs.stopsignal import StopSignal
 from mxfs.weight_sources import service as p2p_service
 
 log = logging.getLogger(__name__)
@@ -208,11 +210,68 @@ def _why_not_bindable(host: str, port: int) -> OSError | None:
     return None
 
 
+REDIS_RETRY_S = (1.0, 2.0, 4.0, 8.0, 15.0)
+
+
+def _redis_location(url: str) -> str:
+    """The URL without its credentials (it is logged)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname or ''}{f':{parts.port}' if parts.port else ''}{parts.path}"
+
+
+def wait_for_metadata_store(config: ServerConfig, stop: threading.Event) -> bool:
+    """With ``metadata_backend: redis``, block until Redis answers; False if ``stop`` came first.
+
+    On Kubernetes Redis may well start after the server, so an unreachable Redis is waited for,
+    not fatal: one warning line per try (backing off to 15 s), nothing listens meanwhile (the
+    startup probe fails, and restarts the pod if Redis never comes). A Redis that answers but
+    refuses the credentials, or a malformed URL, is a configuration error: raised at once.
+    """
+    from mxfs.registry.store import RedisStore, open_store
+
+    backend = (config.metadata_backend or envs.MX_METADATA_BACKEND.get() or "embedded").lower()
+    if backend != "redis":
+        return True
+    store = open_store(None, "redis", config.redis_url or None)
+    assert isinstance(store, RedisStore)
+    import redis
+
+    where = _redis_location(config.redis_url or envs.redis_url() or "")
+    try:
+        attempt = 0
+        while True:
+            try:
+                store.ping()
+            except redis.AuthenticationError as exc:
+                raise ConfigError(f"Redis at {where} refused the credentials of the Redis URL: {exc}") from exc
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                delay = REDIS_RETRY_S[min(attempt, len(REDIS_RETRY_S) - 1)]
+                log.warning("metadata store: Redis at %s does not answer (%s); retrying in %gs "
+                            "(the server listens once it answers)", where, exc, delay)
+                if stop.wait(delay):
+                    return False
+                attempt += 1
+                continue
+            except redis.RedisError as exc:
+                raise OSError(f"Redis at {where}: {exc}") from exc
+            if attempt:
+                log.info("metadata store: Redis at %s answers", where)
+            return True
+    finally:
+        store.close()
+
+
 def run(config: ServerConfig) -> int:
-    """Run until SIGTERM/SIGINT."""
+    """Run until SIGTERM/SIGINT (one that comes while starting stops the server once started)."""
+    stop = StopSignal()
+    if not wait_for_metadata_store(config, stop.event):
+        log.info("%s while waiting for Redis: not started", signal.Signals(stop.got[0]).name)
+        return 0
     server = Server(config)
     server.start()
-    signum = wait_for_stop_signal()
+    signum = stop.wait()
     log.info("%s: shutting down", signal.Signals(signum).name)
     server.stop()
     return 0

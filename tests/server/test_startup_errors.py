@@ -4,6 +4,7 @@ traceback, and no port left open by the parts that had started (the real CLI, in
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from mxfs.config import ServerConfig
-from mxfs.demo import free_port
+from mxfs.demo import free_port, wait_for
 from mxfs.server.app import Server
 from tests.support.tls import make_tls
 
@@ -187,3 +188,32 @@ def test_tls_files_not_a_matching_pem_pair(tmp_path: Path, ports: Ports, bad: st
         ports.data = 0
     result = _server(tmp_path, ports, "--tls-cert-file", str(cert), "--tls-key-file", str(key))
     _assert_one_error(result, *words)
+
+
+# -- Redis ------------------------------------------------------------------------------------
+
+def test_unreachable_redis_is_waited_for_without_listening(tmp_path: Path, ports: Ports) -> None:
+    """Redis may start after the server (Kubernetes): one warning line per try, the URL's password
+    not shown, nothing listening meanwhile, and SIGTERM ends the wait at once with status 0."""
+    log = tmp_path / "server.log"
+    url = f"redis://:s3cret@127.0.0.1:{free_port()}/0"
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "mxfs", "server", *ports.args(), "--cache-dir",
+                                 str(tmp_path / "cache"), "--metadata-backend", "redis", "--redis-url", url],
+                                stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path, env=_env())
+    try:
+        def retried_twice() -> bool:
+            assert proc.poll() is None, log.read_text()
+            return log.read_text().count("does not answer") >= 2
+
+        wait_for(retried_twice, TIMEOUT_S, "two Redis retry lines")
+        assert _free(ports.grpc) and _free(ports.data) and _free(ports.metrics), "listening without Redis"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    text = log.read_text()
+    assert "Traceback" not in text and "s3cret" not in text, text
+    assert f"Redis at redis://127.0.0.1:{url.rsplit(':', 1)[1]} does not answer" in text, text
