@@ -120,6 +120,7 @@ def test_a_branch_other_than_main_publishes_from_a_real_mount(
         main = hub.add_dir("acme/branched", tmp_path / "v1")
         dev = hub.add_dir("acme/branched", tmp_path / "v2", branch="dev")
         assert main != dev
+        (tmp_path / "empty").mkdir()  # a --models-dir that does not exist stops the start
         server = start_server(models_dir=tmp_path / "empty")
         daemon = start_mount(server, wait_model=None)
         csi = serve_csi(NodeMountFixture(daemon.mountpoint, tmp_path, "acme/branched"))

@@ -10,6 +10,7 @@ from mxfs.rpc.client import MxfsClient
 
 def test_missing_model_costs_one_hub_request(hub, server_env, start_server, tmp_path):
     server_env(origins="hf")
+    (tmp_path / "empty").mkdir()  # a --models-dir that does not exist stops the start
     server = start_server(models_dir=tmp_path / "empty")
     client = MxfsClient(server.address)
     try:
