@@ -11,7 +11,8 @@ from typing import Any, TypeVar
 
 import yaml
 
-from mxfs.manifest.builder import DEFAULT_BLOCK_SIZE, check_block_size
+from mxfs.manifest.builder import DEFAULT_BLOCK_SIZE, MIN_BLOCK_SIZE, check_block_size
+from mxfs.manifest.names import parse_model_ref
 
 T = TypeVar("T")
 
@@ -169,8 +170,21 @@ class MountConfig:
             raise ConfigError("a server address is required (--server or MODEL_EXPRESS_URL)")
         if self.cache_size < 0:
             raise ConfigError("cache_size must be >= 0")
-        if self.cache_index_size < 32 * 1024:
-            raise ConfigError("cache_index_size must be >= 32KiB")
+        if 0 < self.cache_size < MIN_BLOCK_SIZE:
+            raise ConfigError(f"cache_size {self.cache_size} is smaller than one block ({MIN_BLOCK_SIZE // 1024} KiB "
+                              "at least): nothing could be cached (a unit missing? e.g. 500GiB; 0 = the default)")
+        if not 32 * 1024 <= self.cache_index_size <= MAX_INDEX_BYTES:
+            raise ConfigError(f"cache_index_size {self.cache_index_size} must be between 32KiB and 1TiB "
+                              "(the lmdb map is address space; the default 16GiB holds tens of millions of blocks)")
+        _check_not_file(self.mountpoint, "mountpoint")
+        _check_not_file(self.cache_dir, "cache_dir")
+        for name in ("tls_ca_file", "tls_cert_file", "tls_key_file"):
+            _check_readable(getattr(self, name), name)
+        for text in self.models or []:
+            try:
+                parse_model_ref(text)
+            except ValueError as exc:
+                raise ConfigError(f"model {text!r}: {exc}") from None
         if self.fetch_timeout <= 0:
             raise ConfigError("fetch_timeout must be > 0")
         if not 0 <= self.readahead_blocks <= 256:
@@ -234,6 +248,25 @@ def check_tls_pair(cert_file: str, key_file: str) -> None:
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(f"the TLS certificate {cert_file} and key {key_file} cannot be used together: "
                           f"{getattr(exc, 'reason', None) or exc}") from exc
+
+
+MAX_INDEX_BYTES = 1 << 40  # past this, mapping the index fails on common kernels (address space)
+
+
+def _check_not_file(path: str, name: str) -> None:
+    """A path the daemon makes (or uses) as a directory must not be something else already."""
+    if path and os.path.exists(path) and not os.path.isdir(path):
+        raise ConfigError(f"{name} {path} exists and is not a directory")
+
+
+def _check_readable(path: str, name: str) -> None:
+    if not path:
+        return
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{name} {path}: {exc.strerror}") from None
 
 
 def _check_port(port: int, name: str, allow_zero: bool = False) -> None:
