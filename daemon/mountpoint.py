@@ -53,7 +53,8 @@ def recover_stale(path: str | Path) -> None:
         log.warning("recovering stale mount at %s (%s)", target, exc.strerror)
         unmount(target, lazy=True)
         return
-    raise RuntimeError(f"{target} is already mounted by a live filesystem ({entries[0][1]})")
+    raise MxfsError(f"{target} is already mounted ({entries[0][1]}, its daemon answers): unmount it first, "
+                    "or mount somewhere else")
 
 
 def unmount(path: str | Path, lazy: bool = False) -> None:

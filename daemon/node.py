@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import functools
 import hashlib
 import logging
 import os
 import shutil
 import signal
+import sys
 import tempfile
 from pathlib import Path
 
+import lmdb
 import trio
 from prometheus_client import start_http_server
 
@@ -21,7 +24,7 @@ from mxfs.cache.blocks import BlockCache
 from mxfs.cache.faults import CacheFaults
 from mxfs.cache.memory import HotBlocks
 from mxfs.config import MountConfig
-from mxfs.errors import MxfsError
+from mxfs.errors import BlockUnavailable, ModelNotFound, MxfsError
 from mxfs.fetch.chain import FetchChain
 from mxfs.fetch.hashes import BlockHashes
 from mxfs.fetch.hydrate import Hydrator
@@ -46,10 +49,15 @@ from mxfs.rpc.client import MxfsClient
 from mxfs_daemon import control, mountpoint
 from mxfs_daemon.prefetch import Prefetcher, PrefetchJob
 
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup
+
 log = logging.getLogger(__name__)
 
 HOT_BLOCKS_BYTES = 256 * 1024 * 1024
 FLUSH_INTERVAL_S = 10.0
+PRELOAD_RETRY_MAX_S = 30.0  # a --model the server cannot answer for yet is asked again this often at most
+SERVER_CHECK_TIMEOUT_S = 5.0
 
 
 def control_socket_path(cache_dir: Path) -> Path:
@@ -59,6 +67,26 @@ def control_socket_path(cache_dir: Path) -> Path:
         return path
     digest = hashlib.sha1(str(path).encode()).hexdigest()[:16]
     return Path(tempfile.gettempdir()) / f"mxfsd-{digest}.sock"
+
+
+def lock_cache_dir(cache_dir: Path) -> int:
+    """Hold ``<cache>/mxfsd.lock`` (flock, released when the process exits, even by SIGKILL):
+    one daemon per cache dir, or both would share its index, blobs and control socket."""
+    path = cache_dir / "mxfsd.lock"
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise MxfsError(f"cannot use cache dir {cache_dir}: {exc.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise MxfsError(f"cache dir {cache_dir} is in use by another mxfs mount (pid {holder}); "
+                        "each daemon needs its own --cache-dir") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 def default_cache_size(cache_dir: Path, held_bytes: int) -> int:
@@ -72,12 +100,21 @@ class NodeDaemon:
         self.config = config
         self.mountpoint = Path(config.mountpoint).resolve()
         self.cache_dir = Path(config.cache_dir).resolve()
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise MxfsError(f"cannot create cache dir {self.cache_dir}: {exc.strerror}") from None
+        self._lock_fd = lock_cache_dir(self.cache_dir)
         self.stats = FetchStats()
         self.faults = CacheFaults(self.stats.registry)
         limit = config.cache_size or functools.partial(default_cache_size, self.cache_dir)
-        self.cache = BlockCache(self.cache_dir / "blocks", limit, index_bytes=config.cache_index_size,
-                                faults=self.faults)
+        try:
+            self.cache = BlockCache(self.cache_dir / "blocks", limit, index_bytes=config.cache_index_size,
+                                    faults=self.faults)
+        except OSError as exc:
+            raise MxfsError(f"cannot use cache dir {self.cache_dir}: {exc.strerror or exc}") from None
+        except lmdb.Error as exc:
+            raise MxfsError(f"cannot open the cache index in {self.cache_dir / 'blocks'}: {exc}") from None
         set_default_security(ChannelSecurity(config.auth_token, config.tls_ca_file))
         self.client = MxfsClient(config.server, timeout_s=config.fetch_timeout)
         self.rpc_limiter = trio.CapacityLimiter(config.fetch_workers)
@@ -106,6 +143,8 @@ class NodeDaemon:
         self._unmounting = False
         self.jobs: dict[ModelRef, PrefetchJob] = {}
         self._nursery: trio.Nursery | None = None
+        self._early_signal: int | None = None  # SIGTERM/SIGINT before the mount was up
+        self._failed = False
 
     # -- control handlers (run in the trio loop) ----------------------------------------------
 
@@ -148,14 +187,45 @@ class NodeDaemon:
 
     # -- lifecycle ------------------------------------------------------------------------------
 
-    async def _preload(self) -> None:
-        for text in self.config.models or []:
-            ref = parse_model_ref(text)
+    async def _check_server(self) -> None:
+        """Say at start whether the server answers; the mount serves either way."""
+        try:
+            health = await in_thread(self.client.health, SERVER_CHECK_TIMEOUT_S, abandon=True)
+        except MxfsError as exc:
+            log.warning("server %s does not answer (%s): the mount is up, and models resolve once the "
+                        "server answers (files already cached, with a stored manifest, are served now)",
+                        self.config.server, exc)
+            return
+        log.info("server %s answers (version %s, %s)", self.config.server, health.version, health.status)
+
+    async def _preload_one(self, ref: ModelRef) -> None:
+        """Resolve one ``--model``: asked again (backing off to every 30 s) while the server is
+        unreachable; a model the server does not have is logged once (a lookup asks again)."""
+        delay = 1.0
+        while True:
             try:
                 await self.ops.ensure_model(ref)
-                log.info("model %s ready at %s/%s", ref, self.mountpoint, ref.name)
-            except MxfsError as exc:  # the daemon still serves other models; lookups retry it
+            except BlockUnavailable as exc:
+                log.warning("model %s not ready: server %s unavailable (%s); asking again in %.0f s",
+                            ref, self.config.server, exc, delay)
+                await trio.sleep(delay)
+                delay = min(delay * 2, PRELOAD_RETRY_MAX_S)
+                continue
+            except ModelNotFound as exc:
+                log.error("model %s: %s (server %s); not mounted, a lookup of %s/%s asks again",
+                          ref, exc, self.config.server, self.mountpoint, ref.name)
+                return
+            except MxfsError as exc:
                 log.error("cannot resolve %s: %s", ref, exc)
+                return
+            log.info("model %s ready at %s/%s", ref, self.mountpoint, ref.name)
+            return
+
+    async def _preload(self) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._check_server)
+            for text in self.config.models or []:
+                nursery.start_soon(self._preload_one, parse_model_ref(text))  # names checked by the config
 
     async def _housekeeping(self) -> None:
         while True:
@@ -194,6 +264,9 @@ class NodeDaemon:
     async def main(self) -> None:
         token = trio.lowlevel.current_trio_token()
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            if self._early_signal is not None:
+                log.info("signal %d during start-up: not mounting %s", self._early_signal, self.mountpoint)
+                return
             fd = kernel_mount.mount(self.mountpoint, allow_other=self.config.allow_other)
             self.session = Session(self.ops, fd, passthrough=self.config.passthrough, io_limiter=self.io_limiter)
             log.info("mounted %s (server %s, cache %s, %d bytes max)", self.mountpoint,
@@ -207,12 +280,16 @@ class NodeDaemon:
                     self.chain.start(nursery)
                     nursery.start_soon(self._signals, signals, nursery.cancel_scope)
                     nursery.start_soon(self._housekeeping)
-                    nursery.start_soon(in_thread, mountpoint.tune, self.mountpoint)
+                    # abandoned on cancel: its stat waits for this daemon's answer (the fd is closed below)
+                    nursery.start_soon(functools.partial(in_thread, mountpoint.tune, self.mountpoint, abandon=True))
                     nursery.start_soon(self._preload)
                     if self.peers is not None:
                         self.peers.start(nursery, self.chain, self._mounted_manifest)
                     await self.session.run()  # returns once the filesystem is unmounted
                     nursery.cancel_scope.cancel()
+            except BaseException:
+                self._failed = True
+                raise
             finally:
                 with trio.CancelScope(shield=True):
                     ctl.stop(0)
@@ -221,24 +298,59 @@ class NodeDaemon:
                         await trio.to_thread.run_sync(self.peers.stop)
                     if not self._unmounting and self._mount_listed():  # the session died first
                         self._unmounting = True
-                        log.error("fuse session ended with %s still mounted: detaching it", self.mountpoint)
+                        log.error("%s with %s still mounted: detaching it", "stopping on an error" if self._failed
+                                  else "fuse session ended", self.mountpoint)
                         await in_thread(kernel_mount.unmount, self.mountpoint, True)
                     os.close(fd)  # aborts the connection: nothing waits on this daemon any more
 
-    def run(self) -> int:
-        mountpoint.recover_stale(self.mountpoint)
-        self.mountpoint.mkdir(parents=True, exist_ok=True)
-        if self.config.metrics_port:
-            start_http_server(self.config.metrics_port, addr=self.config.metrics_host, registry=self.stats.registry)
-        # outside the trio run (start-up, shutdown) signals wait: the receiver handles them
-        # while the mount exists, and a second one must not kill the daemon mid-unmount
-        previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    def _start_metrics(self) -> None:
+        host, port = self.config.metrics_host, self.config.metrics_port
         try:
+            start_http_server(port, addr=host, registry=self.stats.registry)
+        except OSError as exc:
+            raise MxfsError(f"cannot serve metrics on {host}:{port} (--metrics-port): {exc.strerror or exc}") from None
+
+    def _prepare_mountpoint(self) -> None:
+        try:
+            mountpoint.recover_stale(self.mountpoint)
+            self.mountpoint.mkdir(parents=True, exist_ok=True)
+            hidden = next(os.scandir(self.mountpoint), None)
+        except OSError as exc:
+            raise MxfsError(f"cannot use mountpoint {self.mountpoint}: {exc.strerror or exc}") from None
+        if hidden is not None:
+            log.warning("mountpoint %s is not empty (%s, ...): its files are hidden while mounted, and "
+                        "back after the unmount", self.mountpoint, hidden.name)
+
+    def _on_early_signal(self, signum: int, frame) -> None:
+        """Before the trio run takes signals over: remember it (the daemon then does not mount);
+        during shutdown: ignored, so that a second signal does not kill the daemon mid-unmount."""
+        if self.session is None:
+            self._early_signal = signum
+
+    def run(self) -> int:
+        # until the receiver in ``main`` handles them, signals are remembered, never lost nor fatal
+        previous = {s: signal.signal(s, self._on_early_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            self._prepare_mountpoint()
+            if self.config.metrics_port:
+                self._start_metrics()
             trio.run(self.main)
+        except BaseExceptionGroup as group:  # a task failed: say what failed, in one line
+            raise _first_error(group) from None
         finally:
             self.cache.close()
             self.client.close()
+            os.close(self._lock_fd)
             for s, handler in previous.items():
                 signal.signal(s, handler)
-            log.info("unmounted %s", self.mountpoint)
+            if self.session is not None:
+                log.info("unmounted %s", self.mountpoint)
         return 0
+
+
+def _first_error(group: BaseExceptionGroup) -> BaseException:
+    """The first leaf of an exception group (the error a task raised, not its wrapping)."""
+    leaf: BaseException = group
+    while isinstance(leaf, BaseExceptionGroup):
+        leaf = leaf.exceptions[0]
+    return leaf

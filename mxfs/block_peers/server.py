@@ -133,13 +133,18 @@ def serve(host: str, port: int, servicer: PeerBlockServicer, workers: int,
     )
     peer_pb2_grpc.add_PeerBlocksServicer_to_server(servicer, server)
     bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    if tls is not None:
-        creds = grpc.ssl_server_credentials([(read_pem(tls[1], "TLS key file"), read_pem(tls[0], "TLS certificate"))])
-        port = server.add_secure_port(bind, creds)
-    else:
-        port = server.add_insecure_port(bind)
+    try:
+        if tls is not None:
+            creds = grpc.ssl_server_credentials([(read_pem(tls[1], "TLS key file"),
+                                                  read_pem(tls[0], "TLS certificate"))])
+            port = server.add_secure_port(bind, creds)
+        else:
+            port = server.add_insecure_port(bind)
+    except RuntimeError:  # grpc's "Failed to bind": the port is taken or the address is not this host's
+        port = 0
     if port == 0:
-        raise OSError(f"cannot listen for peers on {bind}")
+        raise OSError(f"cannot listen for peers on {bind} (--peer-port): the port is in use or the address "
+                      "is not this host's")
     server.start()
     log.info("peer block service on %s (%d workers, %s)", bind, workers, "TLS" if tls else "plaintext")
     return server
