@@ -59,7 +59,7 @@ class ServerConfig:
     origin_eager_bytes: int = _opt(16 * 1024 * 1024, "lazy mode: remote files up to this size are downloaded "
                                    "with the manifest (configs, tokenizers)")
     origin_block_store_bytes: int = _opt(0, "bound of the server's store of lazily read origin blocks "
-                                         "(0 = 90% of the free disk at start)")
+                                         "(0 = 90% of the free disk when the store is first used)")
     max_models: int = _opt(0, "evict the least recently used cached models beyond this count (0 = no bound)")
     max_unused_s: float = _opt(0.0, "evict cached models unused for this many seconds (0 = never)")
     min_free_bytes: int = _opt(0, "evict cached models while the cache disk has less free space (0 = off)")

@@ -129,7 +129,8 @@ def serve(host: str, port: int, servicer: PeerBlockServicer, workers: int,
     """
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mxfs-peer"),
-        options=CHANNEL_OPTIONS, maximum_concurrent_rpcs=workers * 2,
+        # no SO_REUSEPORT: a peer port another process holds must fail, not be shared with it
+        options=[*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)], maximum_concurrent_rpcs=workers * 2,
     )
     peer_pb2_grpc.add_PeerBlocksServicer_to_server(servicer, server)
     bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -670,3 +670,15 @@ def test_readme_node_pod_table_names_every_mount() -> None:
         cell = rows[c["name"]].split("|")[3]
         for m in c.get("volumeMounts", []):
             assert m["mountPath"] in cell or m["name"].replace("-", " ") in cell, (c["name"], m)
+
+
+@pytest.mark.parametrize(("env", "path"), [({}, "/etc/mxfs/tls/ca.crt"),
+                                           ({"MX_TLS_CA_FILE": "/my/ca.pem"}, "/my/ca.pem")])
+def test_notes_name_the_ca_path_the_configmap_sets(env: dict[str, str], path: str) -> None:
+    chart = helm_python.Chart.load(DEPLOY / "helm" / "mxfs")
+    out = chart.render({"tls": {"secret": "s"}, "client": {"env": env}}, name="mxfs", namespace="mxfs",
+                       is_install=True)
+    notes = next(text for name, text in out.items() if name.endswith("NOTES.txt"))
+    configmap = next(doc for doc in yaml.safe_load_all(out["mxfs/templates/client-configmap.yaml"]) if doc)
+    assert configmap["data"]["MX_TLS_CA_FILE"] == path
+    assert f"{path} (MX_TLS_CA_FILE in that ConfigMap" in notes
