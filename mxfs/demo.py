@@ -110,14 +110,18 @@ def wait_for(predicate, timeout_s: float, what: str) -> None:
 
 def _wait_started(predicate, timeout_s: float, what: str, proc: subprocess.Popen, log_path: Path) -> None:
     """``wait_for`` that gives up as soon as ``proc`` exits; both failures name its log."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+
+    def up() -> bool:
         if predicate():
-            return
+            return True
         if proc.poll() is not None:
             raise MxfsError(f"{what} exited with status {proc.returncode} before it was up; see {log_path}")
-        time.sleep(0.1)
-    raise MxfsError(f"{what} was not up after {timeout_s:g}s; see {log_path}")
+        return False
+
+    try:
+        wait_for(up, timeout_s, what)
+    except TimeoutError:
+        raise MxfsError(f"{what} was not up after {timeout_s:g}s; see {log_path}") from None
 
 
 def _demo_model(workdir: Path, size: int) -> Path:

@@ -23,7 +23,8 @@ class StopSignal:
         self.event.set()
 
     def wait(self, poll_s: float = 0.5) -> int:
-        """The signal's number, once one came (wakes every ``poll_s``: see :func:`wait_for_stop_signal`)."""
+        """The signal's number, once one came (wakes every ``poll_s``: see :func:`wait_for_stop_signal`
+        for why)."""
         while not self.event.wait(poll_s):
             pass
         return self.got[0]
@@ -37,15 +38,4 @@ def wait_for_stop_signal(poll_s: float = 0.5) -> int:
     once the main thread runs bytecode again: an untimed wait could then sleep through it
     (seen: a server that ignored SIGTERM after a SIGCONT). So the wait wakes every ``poll_s``.
     """
-    got: list[int] = []
-    done = threading.Event()
-
-    def handler(signum: int, _frame: object) -> None:
-        got.append(signum)
-        done.set()
-
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, handler)
-    while not done.wait(poll_s):
-        pass
-    return got[0]
+    return StopSignal().wait(poll_s)

@@ -48,9 +48,9 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``download`` under the existing ``mxfs model`` command (or as ``mxfs model-download``)."""
     from mxfs.cli import add_server_option
 
-    """Add ``download`` under the existing ``mxfs model`` command (or as ``mxfs model-download``)."""
     model = sub.choices.get("model")
     msub = next((a for a in (model._actions if model else []) if isinstance(a, argparse._SubParsersAction)), None)
     p = msub.add_parser("download", help="download a model into the local HF cache") if msub else \

@@ -271,9 +271,14 @@ class RedisStore:
         self._r.close()
 
 
+def backend_name(backend: str | None = None) -> str:
+    """The registry backend in use: ``backend``, else ``MX_METADATA_BACKEND``, else ``embedded``."""
+    return (backend or envs.MX_METADATA_BACKEND.get() or "embedded").lower()
+
+
 def open_store(state_dir: Path | None, backend: str | None = None, redis_url: str | None = None) -> Store:
     """``embedded`` (sqlite in ``state_dir``, or memory) or ``redis`` (see :func:`mxfs.envs.redis_url`)."""
-    backend = (backend or envs.MX_METADATA_BACKEND.get() or "embedded").lower()
+    backend = backend_name(backend)
     if backend == "redis":
         url = redis_url or envs.redis_url()
         if not url:

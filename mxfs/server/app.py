@@ -229,10 +229,9 @@ def wait_for_metadata_store(config: ServerConfig, stop: threading.Event) -> bool
     startup probe fails, and restarts the pod if Redis never comes). A Redis that answers but
     refuses the credentials, or a malformed URL, is a configuration error: raised at once.
     """
-    from mxfs.registry.store import RedisStore, open_store
+    from mxfs.registry.store import RedisStore, backend_name, open_store
 
-    backend = (config.metadata_backend or envs.MX_METADATA_BACKEND.get() or "embedded").lower()
-    if backend != "redis":
+    if backend_name(config.metadata_backend) != "redis":
         return True
     store = open_store(None, "redis", config.redis_url or None)
     assert isinstance(store, RedisStore)
