@@ -10,6 +10,7 @@ from pathlib import Path
 
 from mxfs_daemon import mountpoint as mounts
 from tests.conftest import MODEL
+from tests.support.cli import assert_one_error
 
 
 def _mxfs(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -18,10 +19,7 @@ def _mxfs(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
 
 
 def _one_line_error(out: subprocess.CompletedProcess, *words: str) -> None:
-    assert out.returncode == 2, out.stdout + out.stderr
-    assert "Traceback" not in out.stderr, out.stderr
-    error = [line for line in out.stderr.splitlines() if "error:" in line]
-    assert len(error) == 1 and all(w in error[0] for w in words), out.stderr
+    assert_one_error(out.returncode, out.stderr, *words, command=out.args[3])  # [python, -m, mxfs, COMMAND, ...]
 
 
 def test_prefetch_and_status_take_relative_paths(start_server, start_mount):

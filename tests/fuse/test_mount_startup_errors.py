@@ -15,6 +15,7 @@ import pytest
 from mxfs.demo import free_port, wait_for
 from mxfs_daemon import mountpoint as mounts
 from tests.conftest import MODEL
+from tests.support.cli import assert_one_error
 from tests.support.cluster import MountProc, stop_all
 from tests.support.needs import need_fuse
 
@@ -58,10 +59,7 @@ def _detach(mountpoint: Path) -> None:
 
 
 def _one_error(out: subprocess.CompletedProcess, *words: str) -> None:
-    assert out.returncode == 2, out.stderr
-    assert "Traceback" not in out.stderr, out.stderr
-    errors = [line for line in out.stderr.splitlines() if "error:" in line]
-    assert len(errors) == 1 and all(w in errors[0] for w in words), out.stderr
+    assert_one_error(out.returncode, out.stderr, *words, command="mount")
 
 
 def test_mountpoint_or_cache_dir_that_is_a_file(tmp_path: Path):

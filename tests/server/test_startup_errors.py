@@ -17,6 +17,7 @@ import pytest
 from mxfs.config import ServerConfig
 from mxfs.demo import free_port, wait_for
 from mxfs.server.app import Server
+from tests.support.cli import assert_one_error
 from tests.support.tls import make_tls
 
 TIMEOUT_S = 60  # a server that starts instead of failing is killed, and the test fails
@@ -37,9 +38,6 @@ class Ports:
 class Result:
     rc: int
     stderr: str
-
-    def error_lines(self) -> list[str]:
-        return [line for line in self.stderr.splitlines() if "error:" in line]
 
 
 @pytest.fixture
@@ -64,14 +62,7 @@ def _server(tmp_path: Path, ports: Ports, *extra: str) -> Result:
 
 
 def _assert_one_error(result: Result, *words: str) -> str:
-    assert "Traceback" not in result.stderr, result.stderr
-    assert result.rc == 2, result.stderr
-    lines = result.error_lines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("mxfs server: error: "), lines
-    for word in words:
-        assert word in lines[0], (word, lines[0])
-    return lines[0]
+    return assert_one_error(result.rc, result.stderr, *words, command="server")
 
 
 def _free(port: int) -> bool:
