@@ -314,7 +314,8 @@ class NodeDaemon:
         try:
             mountpoint.recover_stale(self.mountpoint)
             self.mountpoint.mkdir(parents=True, exist_ok=True)
-            hidden = next(os.scandir(self.mountpoint), None)
+            with os.scandir(self.mountpoint) as entries:
+                hidden = next(entries, None)
         except OSError as exc:
             raise MxfsError(f"cannot use mountpoint {self.mountpoint}: {exc.strerror or exc}") from None
         if hidden is not None:
